@@ -1,0 +1,3 @@
+"""Every test gets the shared fixtures: real Postgres, real NATS, token signing."""
+
+pytest_plugins = ["shared.testing.plugin"]

@@ -1,0 +1,162 @@
+"""The one factory every service builds its Litestar app with."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from sqlalchemy.exc import ProgrammingError
+
+from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_keys, provide_current_user
+from shared.db import ServiceDatabase, alchemy_config
+from shared.errors import exception_handlers
+from shared.events.connection import connect_nats
+from shared.health import ReadinessCheck, create_health_controller
+from shared.telemetry import configure_logging, configure_tracing, name_span_by_route
+
+if TYPE_CHECKING:
+    from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+    from litestar.types import ControllerRouterHandler
+
+    from shared.settings import ServiceSettings
+
+__all__ = ("ServiceApp", "create_service_app", "verifier_from_settings")
+
+_UNAUTHENTICATED_PATHS = ("/health", "/metrics", "/docs")
+
+
+@dataclass
+class ServiceApp:
+    """What a service contributes to its app; everything else is the same for all services."""
+
+    name: str
+    """The service's name: its schema, its NATS user, its token audience, its span prefix."""
+    version: str
+    """The API version shown in the OpenAPI document."""
+    settings: ServiceSettings
+    """The service's settings, already loaded."""
+    database: ServiceDatabase
+    """The service's schema and migrations."""
+    route_handlers: Sequence[ControllerRouterHandler]
+    """The service's controllers."""
+    description: str = ""
+    """A paragraph for the OpenAPI document."""
+    dependencies: Mapping[str, Provide] = field(default_factory=dict)
+    """Dependencies the service's handlers need beyond ``db_session`` and ``user``."""
+    token_verifier: TokenVerifier | None = None
+    """How access tokens are checked; by default built from the settings."""
+    on_startup: Sequence[Callable[[Litestar], Any]] = ()
+    """Extra start-up hooks, run after the database and NATS are set up."""
+    null_pool: bool = False
+    """Open a new database connection per session (tests that run the app on another loop)."""
+
+
+def verifier_from_settings(settings: ServiceSettings, audience: str) -> TokenVerifier:
+    """A verifier that trusts the configured public keys, or users' JWKS when only a URL is set."""
+    return TokenVerifier(
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience or audience,
+        public_keys=load_public_keys(settings.jwt_public_keys),
+        jwks_url=settings.jwks_url,
+    )
+
+
+def _readiness_checks(app_config: ServiceApp, alchemy: SQLAlchemyAsyncConfig, state: dict[str, Any]) -> dict[str, ReadinessCheck]:
+    database = app_config.database
+    head = database.head()
+
+    async def database_check() -> str | None:
+        async with alchemy.get_engine().connect() as connection:
+            try:
+                current = await connection.scalar(database.version_query())
+            except ProgrammingError:  # no version table: never migrated
+                current = None
+        return None if current == head else f"migrations at {current}, head is {head}"
+
+    checks: dict[str, ReadinessCheck] = {"database": database_check}
+    if app_config.settings.nats_url:
+
+        async def nats_check() -> str | None:
+            connection = state.get("nats")
+            return None if connection is not None and connection.is_connected else "not connected"
+
+        checks["nats"] = nats_check
+    return checks
+
+
+def create_service_app(app_config: ServiceApp) -> Litestar:
+    """Build a service's Litestar app with everything services share.
+
+    Problem details for every error, health and readiness, Prometheus metrics, OpenAPI docs at
+    ``/docs``, CORS and a body size limit from settings, JSON logs, OpenTelemetry spans named by
+    route template, bearer-token authentication, the database session and (when configured) NATS.
+    """
+    settings = app_config.settings
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    configure_tracing(app_config.name)
+    alchemy = alchemy_config(settings.database_url, pool_size=settings.database_pool_size, null_pool=app_config.null_pool)
+    verifier = app_config.token_verifier or verifier_from_settings(settings, app_config.name)
+    nats_state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def nats_lifespan(app: Litestar) -> AsyncIterator[None]:
+        if not settings.nats_url:
+            yield
+            return
+        connection = await connect_nats(
+            settings.nats_url, name=f"{app_config.name}-api", user=settings.nats_user, password=settings.nats_password
+        )
+        nats_state["nats"] = app.state.nats = connection
+        try:
+            yield
+        finally:
+            await connection.drain()
+
+    openapi = OpenAPIConfig(
+        title=f"Relay Shop · {app_config.name}",
+        version=app_config.version,
+        description=app_config.description or None,
+        path="/docs",
+        render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
+        components=Components(
+            security_schemes={
+                "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+            }
+        ),
+        use_handler_docstrings=True,
+    )
+    prometheus = PrometheusConfig(app_name=app_config.name, prefix=app_config.name, group_path=True, exclude=["/metrics", "/health"])
+
+    return Litestar(
+        route_handlers=[
+            *app_config.route_handlers,
+            create_health_controller(_readiness_checks(app_config, alchemy, nats_state)),
+            PrometheusController,
+        ],
+        dependencies={"user": Provide(provide_current_user), **app_config.dependencies},
+        plugins=[
+            SQLAlchemyPlugin(config=alchemy),
+            OpenTelemetryPlugin(OpenTelemetryConfig(exclude=list(_UNAUTHENTICATED_PATHS), exclude_spans=["send", "receive"])),
+        ],
+        middleware=[prometheus.middleware, AuthenticationMiddleware(verifier)],
+        before_request=name_span_by_route,
+        exception_handlers=exception_handlers(),
+        lifespan=[nats_lifespan],
+        on_startup=list(app_config.on_startup),
+        openapi_config=openapi,
+        cors_config=CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None,
+        request_max_body_size=settings.max_request_body_bytes,
+        logging_config=None,
+        debug=settings.debug,
+    )

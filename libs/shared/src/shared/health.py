@@ -1,0 +1,65 @@
+"""Health endpoints: ``/health/live`` says the process answers, ``/health/ready`` that it can work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, get
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+__all__ = ("HealthReport", "ReadinessCheck", "create_health_controller", "run_checks")
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""A named check returns None when healthy, or a short reason when not."""
+
+
+class HealthReport(msgspec.Struct):
+    """The answer of a health endpoint."""
+
+    status: str
+    checks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+async def run_checks(checks: dict[str, ReadinessCheck], timeout: float = 3.0) -> HealthReport:
+    """Run every check at once; each failing or timing-out check names its reason."""
+
+    async def run(check: ReadinessCheck) -> str:
+        try:
+            problem = await asyncio.wait_for(check(), timeout)
+        except TimeoutError:
+            return "timed out"
+        except Exception as error:  # noqa: BLE001 - a failing check is a report, not a crash
+            return f"{type(error).__name__}: {error}"
+        return problem or "ok"
+
+    names = list(checks)
+    results = await asyncio.gather(*(run(checks[name]) for name in names))
+    report = dict(zip(names, results, strict=True))
+    return HealthReport(status="ok" if all(value == "ok" for value in results) else "unavailable", checks=report)
+
+
+def create_health_controller(checks: dict[str, ReadinessCheck]) -> type[Controller]:
+    """The ``/health`` controller with the service's readiness checks."""
+
+    class HealthController(Controller):
+        path = "/health"
+        tags: Sequence[str] | None = ["health"]
+        include_in_schema = False
+        opt: dict[str, Any] | None = {"exclude_from_auth": True}
+
+        @get("/live", sync_to_thread=False)
+        def live(self) -> HealthReport:
+            """The process is up and its event loop answers."""
+            return HealthReport(status="ok")
+
+        @get("/ready")
+        async def ready(self) -> Response[HealthReport]:
+            """The process can serve: database reachable and migrated, NATS connected when configured."""
+            report = await run_checks(checks)
+            status = HTTP_200_OK if report.status == "ok" else HTTP_503_SERVICE_UNAVAILABLE
+            return Response(report, status_code=status)
+
+    return HealthController

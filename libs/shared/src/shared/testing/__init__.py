@@ -1,0 +1,9 @@
+"""Test support: real Postgres and NATS servers, service databases and in-process app clients.
+
+Enable the fixtures with ``pytest_plugins = ["shared.testing.plugin"]`` in the root conftest.
+"""
+
+from shared.testing.database import prepare_service_database, truncate_schema
+from shared.testing.http import serve_app
+
+__all__ = ("prepare_service_database", "serve_app", "truncate_schema")

@@ -1,0 +1,46 @@
+"""Service databases for tests: provisioned and migrated once per session, emptied after each test."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from sqlalchemy import pool, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from shared.db import VERSION_TABLE, provision_service_role
+
+if TYPE_CHECKING:
+    from shared.db import ServiceDatabase
+    from shared.devstack.servers import PostgresServer
+
+__all__ = ("prepare_service_database", "truncate_schema")
+
+
+def prepare_service_database(server: PostgresServer, database: ServiceDatabase, *, password: str = "test-password") -> str:
+    """Create the service's role and schema as in production, migrate to head, return its URL.
+
+    The service connects as its own role, so a test fails if the service needed more privilege
+    than owning its schema.
+    """
+    url = asyncio.run(provision_service_role(server.url(), service=database.schema, password=password))
+    database.upgrade(url)
+    return url
+
+
+async def truncate_schema(database_url: str, schema: str) -> None:
+    """Empty every table of ``schema`` except the migration version table."""
+    engine = create_async_engine(database_url, poolclass=pool.NullPool)
+    try:
+        async with engine.begin() as connection:
+            tables = (
+                await connection.scalars(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = :schema AND tablename <> :version"),
+                    {"schema": schema, "version": VERSION_TABLE},
+                )
+            ).all()
+            if tables:
+                names = ", ".join(f'"{schema}"."{table}"' for table in tables)
+                await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()

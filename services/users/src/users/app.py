@@ -1,0 +1,66 @@
+"""The users app: identities and the keys that sign access tokens."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from litestar.di import NamedDependency, Provide
+from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - Litestar resolves the annotation at run time
+
+from shared.app import ServiceApp, create_service_app
+from shared.auth import AccessTokenSigner, TokenVerifier
+from shared.db import ServiceDatabase
+from users.models import Base
+from users.routes import AdminUserController, AuthController, KeysController, ProfileController
+from users.service import PasswordHasher, UserService
+from users.settings import UsersSettings, load_users_settings
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+__all__ = ("DATABASE", "create_app", "create_signer")
+
+DATABASE = ServiceDatabase(Base.metadata, migrations="users:migrations")
+
+
+def create_signer(settings: UsersSettings) -> AccessTokenSigner:
+    """The access-token signer from the configured private key."""
+    if not settings.jwt_private_key:
+        raise RuntimeError("USERS_JWT_PRIVATE_KEY (or USERS_JWT_PRIVATE_KEY_FILE) must hold an Ed25519 private key")
+    return AccessTokenSigner(
+        settings.jwt_private_key,
+        issuer=settings.jwt_issuer,
+        audiences=settings.jwt_audiences,
+        ttl_seconds=settings.access_token_ttl_seconds,
+    )
+
+
+def create_app(settings: UsersSettings | None = None, *, null_pool: bool = False) -> Litestar:
+    """Build the users app (granian calls this with no arguments: settings come from ``USERS_*``)."""
+    settings = settings or load_users_settings()
+    signer = create_signer(settings)
+    hasher = PasswordHasher(time_cost=settings.password_hash_time_cost, memory_kib=settings.password_hash_memory_kib)
+
+    def provide_users(db_session: NamedDependency[AsyncSession]) -> UserService:
+        return UserService(session=db_session, settings=settings, signer=signer, hasher=hasher)
+
+    return create_service_app(
+        ServiceApp(
+            name="users",
+            version="1.0.0",
+            description="Registration, sign-in, access tokens (EdDSA JWTs with a JWKS), profiles and administration.",
+            settings=settings,
+            database=DATABASE,
+            route_handlers=[AuthController, KeysController, ProfileController, AdminUserController],
+            dependencies={
+                "users": Provide(provide_users, sync_to_thread=False),
+                "signer": Provide(lambda: signer, sync_to_thread=False),
+            },
+            token_verifier=TokenVerifier(
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience or "users",
+                public_keys=[signer.public_key],
+            ),
+            null_pool=null_pool,
+        )
+    )

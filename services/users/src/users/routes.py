@@ -1,0 +1,137 @@
+"""The users HTTP API: parse, authorize, call the service, shape the answer."""
+
+from __future__ import annotations
+
+import uuid  # noqa: TC003 - Litestar reads path parameter types at run time
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter, URLEncodedBody
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from shared.auth import AccessTokenSigner, CurrentUser, admin_only, jwk_from_public_key, signed_in
+from users.schemas import (
+    AdminUserUpdate,
+    LoginForm,
+    LoginRequest,
+    ProfileUpdate,
+    RefreshRequest,
+    RegisterUser,
+    TokenPair,
+    UserOut,
+    UserPage,
+)
+from users.service import UserService
+
+__all__ = ("AdminUserController", "AuthController", "KeysController", "ProfileController")
+
+Users = NamedDependency[UserService]
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+
+
+def _client_address(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+class AuthController(Controller):
+    """Sign-up, sign-in and the refresh-token lifecycle."""
+
+    path = "/auth"
+    tags = ["auth"]  # noqa: RUF012 - Litestar's own attribute type
+
+    @post("/register", status_code=HTTP_201_CREATED)
+    async def register(self, data: JSONBody[RegisterUser], users: Users) -> UserOut:
+        """Create an account. The email must be new (case does not matter)."""
+        return await users.register(data)
+
+    @post("/login", status_code=HTTP_200_OK)
+    async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginRequest], users: Users) -> TokenPair:
+        """Sign in with email and password as JSON. Rate-limited per account and per client address."""
+        return await users.login(email=data.email, password=data.password, client_address=_client_address(request))
+
+    @post("/token", status_code=HTTP_200_OK)
+    async def token(
+        self,
+        request: Request[Any, Any, Any],
+        data: URLEncodedBody[LoginForm],
+        users: Users,
+    ) -> TokenPair:
+        """Sign in with the OAuth2 password grant form (``username`` is the email)."""
+        return await users.login(email=data.username, password=data.password, client_address=_client_address(request))
+
+    @post("/refresh", status_code=HTTP_200_OK)
+    async def refresh(self, data: JSONBody[RefreshRequest], users: Users) -> TokenPair:
+        """Trade a refresh token for a new pair. Each refresh token works once."""
+        return await users.refresh(data.refresh_token)
+
+    @post("/logout", status_code=HTTP_204_NO_CONTENT)
+    async def logout(self, data: JSONBody[RefreshRequest], users: Users) -> None:
+        """Revoke the refresh token and every token rotated from the same sign-in."""
+        await users.logout(data.refresh_token)
+
+
+class KeysController(Controller):
+    """The public keys other services verify access tokens with."""
+
+    path = "/.well-known"
+    tags = ["auth"]  # noqa: RUF012
+
+    @get("/jwks.json", sync_to_thread=False, cache_control=None)
+    def jwks(self, signer: NamedDependency[AccessTokenSigner]) -> dict[str, list[dict[str, str]]]:
+        """The JSON Web Key Set of the access-token signing key."""
+        return {"keys": [jwk_from_public_key(signer.public_key)]}
+
+
+class ProfileController(Controller):
+    """The signed-in user's own account."""
+
+    path = "/users/me"
+    tags = ["profile"]  # noqa: RUF012
+    guards = [signed_in]  # noqa: RUF012
+    security = BEARER
+
+    @get("/")
+    async def show(self, user: CurrentUser, users: Users) -> UserOut:
+        """Your account."""
+        return await users.get_active(user.id)
+
+    @patch("/")
+    async def update(self, data: JSONBody[ProfileUpdate], user: CurrentUser, users: Users) -> UserOut:
+        """Change your display name, email or password (the last two need ``current_password``)."""
+        return await users.update_profile(user.id, data)
+
+    @delete("/", status_code=HTTP_204_NO_CONTENT)
+    async def deactivate(self, user: CurrentUser, users: Users) -> None:
+        """Deactivate your account: you can no longer sign in and every refresh token is revoked."""
+        await users.deactivate(user.id)
+
+
+class AdminUserController(Controller):
+    """Administration of every account."""
+
+    path = "/users"
+    tags = ["admin"]  # noqa: RUF012
+    guards = [admin_only]  # noqa: RUF012
+    security = BEARER
+
+    @get("/")
+    async def list_users(
+        self,
+        users: Users,
+        q: Annotated[str | None, QueryParameter(max_length=100, description="Search email and name.")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> UserPage:
+        """Accounts, newest first, optionally filtered by a search term."""
+        return await users.list(search=q, limit=limit, offset=offset)
+
+    @get("/{user_id:uuid}")
+    async def show_user(self, user_id: FromPath[uuid.UUID], users: Users) -> UserOut:
+        """One account."""
+        return await users.get(user_id)
+
+    @patch("/{user_id:uuid}")
+    async def update_user(self, user_id: FromPath[uuid.UUID], data: JSONBody[AdminUserUpdate], user: CurrentUser, users: Users) -> UserOut:
+        """Change an account's role or active flag."""
+        return await users.administer(user, user_id, data)

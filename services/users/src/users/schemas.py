@@ -1,0 +1,106 @@
+"""What the users API accepts and answers: msgspec Structs, never models."""
+
+from __future__ import annotations
+
+import datetime  # noqa: TC003 - msgspec needs the type at run time
+import uuid  # noqa: TC003
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+__all__ = (
+    "AdminUserUpdate",
+    "Email",
+    "LoginForm",
+    "LoginRequest",
+    "Password",
+    "ProfileUpdate",
+    "RefreshRequest",
+    "RegisterUser",
+    "Role",
+    "TokenPair",
+    "UserOut",
+    "UserPage",
+)
+
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$")]
+Password = Annotated[str, Meta(min_length=10, max_length=128)]
+DisplayName = Annotated[str, Meta(min_length=1, max_length=100)]
+Role = Literal["user", "admin"]
+
+
+class RegisterUser(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A new account. The password has at least 10 characters and is not the email."""
+
+    email: Email
+    password: Password
+    display_name: DisplayName
+
+
+class LoginRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Email and password, as JSON."""
+
+    email: Annotated[str, Meta(max_length=254)]
+    password: Annotated[str, Meta(max_length=128)]
+
+
+class LoginForm(msgspec.Struct, frozen=True):
+    """The OAuth2 password grant form (RFC 6749 §4.3): the email goes in ``username``."""
+
+    username: Annotated[str, Meta(max_length=254)]
+    password: Annotated[str, Meta(max_length=128)]
+    grant_type: Literal["password"] | None = None
+    scope: str = ""
+
+
+class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A refresh token to rotate or revoke."""
+
+    refresh_token: Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class TokenPair(msgspec.Struct, frozen=True):
+    """An access token for the APIs and a refresh token to get the next one."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "bearer"
+
+
+class ProfileUpdate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Changes to one's own account. A new email or password needs the current password."""
+
+    display_name: DisplayName | UnsetType = UNSET
+    email: Email | UnsetType = UNSET
+    password: Password | UnsetType = UNSET
+    current_password: Annotated[str, Meta(max_length=128)] | UnsetType = UNSET
+
+
+class AdminUserUpdate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What an administrator may change about an account."""
+
+    role: Role | UnsetType = UNSET
+    is_active: bool | UnsetType = UNSET
+
+
+class UserOut(msgspec.Struct, frozen=True):
+    """An account as its owner and administrators see it."""
+
+    id: uuid.UUID
+    email: str
+    display_name: str
+    role: Role
+    is_active: bool
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+class UserPage(msgspec.Struct, frozen=True):
+    """One page of accounts."""
+
+    items: list[UserOut]
+    total: int
+    limit: int
+    offset: int

@@ -1,0 +1,428 @@
+"""The rules of identities: registration, sign-in, token rotation, profiles and administration."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import secrets
+import uuid
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from advanced_alchemy.filters import LimitOffset
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from argon2 import PasswordHasher as Argon2Hasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from msgspec import UNSET
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from uuid_utils.compat import uuid7
+
+from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unprocessable
+from users.models import LoginThrottle, RefreshToken, User
+from users.schemas import TokenPair, UserOut, UserPage
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from shared.auth import AccessTokenSigner, Principal
+    from users.schemas import AdminUserUpdate, ProfileUpdate, RegisterUser
+    from users.settings import UsersSettings
+
+__all__ = ("PasswordHasher", "UserService", "normalize_email")
+
+WRONG_CREDENTIALS = "Wrong email or password."
+USER_COLUMNS = (User.id, User.email, User.display_name, User.role, User.is_active, User.created_at, User.updated_at)
+
+
+def normalize_email(email: str) -> str:
+    """Emails are compared trimmed and without regard to case."""
+    return email.strip().lower()
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _token_hash(raw_token: str) -> str:
+    return hashlib.sha256(raw_token.encode()).hexdigest()
+
+
+def _escape_like(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class PasswordHasher:
+    """argon2id hashing off the event loop: one hash costs tens of milliseconds of CPU."""
+
+    def __init__(self, *, time_cost: int, memory_kib: int) -> None:
+        self._argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib)
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        return self._argon2.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        """A new argon2id hash of ``password``."""
+        return await asyncio.to_thread(self._argon2.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Whether ``password`` matches. Without a hash, a dummy one is checked so timing tells nothing."""
+        try:
+            return await asyncio.to_thread(self._argon2.verify, password_hash or self._dummy_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        """Whether the hash was made with weaker parameters than today's."""
+        return self._argon2.check_needs_rehash(password_hash)
+
+
+class UserRepository(SQLAlchemyAsyncRepository[User]):
+    """Accounts, for the ordinary reads and writes."""
+
+    model_type = User
+
+
+class UserService:
+    """Everything that changes or reveals an account goes through here, in one transaction per call."""
+
+    def __init__(
+        self, *, session: AsyncSession, settings: UsersSettings, signer: AccessTokenSigner, hasher: PasswordHasher
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.signer = signer
+        self.hasher = hasher
+
+    @cached_property
+    def repository(self) -> UserRepository:
+        """advanced-alchemy's repository over this service's session."""
+        return UserRepository(session=self.session, auto_commit=False)
+
+    async def register(self, data: RegisterUser) -> UserOut:
+        """Create an account with the ``user`` role.
+
+        Raises:
+            Unprocessable: The password equals the email.
+            Conflict: The email is taken (compared without regard to case).
+        """
+        email = normalize_email(data.email)
+        self._check_password(data.password, email)
+        password_hash = await self.hasher.hash(data.password)
+        user = User(email=email, password_hash=password_hash, display_name=data.display_name.strip(), role="user")
+        await self._insert(user)
+        await self._record_event("registered", user)
+        await self.session.commit()
+        return _user_out(user)
+
+    async def create_admin(self, *, email: str, password: str, display_name: str) -> tuple[UserOut, bool]:
+        """Create an administrator, or promote the existing account with that email.
+
+        Returns:
+            The account and whether it was created (False: an existing account was promoted).
+        """
+        email = normalize_email(email)
+        existing = await self.session.scalar(select(User).where(User.email == email).with_for_update())
+        if existing is not None:
+            existing.role = "admin"
+            existing.version += 1
+            await self._record_event("updated", existing)
+            await self.session.commit()
+            return _user_out(existing), False
+        self._check_password(password, email)
+        user = User(email=email, password_hash=await self.hasher.hash(password), display_name=display_name, role="admin")
+        await self._insert(user)
+        await self._record_event("registered", user)
+        await self.session.commit()
+        return _user_out(user), True
+
+    async def login(self, *, email: str, password: str, client_address: str) -> TokenPair:
+        """Check the credentials and start a new refresh-token family.
+
+        Raises:
+            TooManyRequests: Too many failures for this account or this address in the current window.
+            Unauthorized: Wrong email or password (one message for both), or a deactivated account.
+        """
+        email = normalize_email(email)
+        now = _now()
+        window_start = self._window_start(now)
+        await self._refuse_if_throttled(email, client_address, window_start, now)
+        row = (
+            await self.session.execute(
+                select(User.id, User.password_hash, User.role, User.is_active).where(User.email == email)
+            )
+        ).one_or_none()
+        if row is None or not await self.hasher.verify(row.password_hash, password):
+            await self._record_failure(email, client_address, window_start)
+            raise Unauthorized(WRONG_CREDENTIALS)
+        if not row.is_active:
+            raise Unauthorized("This account is deactivated.")
+        if self.hasher.needs_rehash(row.password_hash):
+            new_hash = await self.hasher.hash(password)
+            await self.session.execute(update(User).where(User.id == row.id).values(password_hash=new_hash))
+        pair = await self._issue_tokens(row.id, row.role, family_id=uuid7(), now=now)
+        await self.session.commit()
+        return pair
+
+    async def refresh(self, raw_token: str) -> TokenPair:
+        """Rotate a refresh token: the old one is spent, a new one of the same family is returned.
+
+        A spent token presented again means it was stolen or replayed: the whole family is revoked.
+
+        Raises:
+            Unauthorized: Unknown, expired, revoked or reused token, or a deactivated account.
+        """
+        now = _now()
+        token = await self.session.scalar(
+            select(RefreshToken).where(RefreshToken.token_hash == _token_hash(raw_token)).with_for_update()
+        )
+        if token is None or token.revoked_at is not None:
+            raise Unauthorized("Invalid refresh token.")
+        if token.used_at is not None:
+            await self._revoke_family(token.family_id, now)
+            await self.session.commit()
+            raise Unauthorized("Refresh token reuse detected: every session of this sign-in is revoked.")
+        if token.expires_at <= now:
+            raise Unauthorized("Refresh token expired.")
+        user = await self.session.get(User, token.user_id)
+        if user is None or not user.is_active:
+            await self._revoke_family(token.family_id, now)
+            await self.session.commit()
+            raise Unauthorized("This account is deactivated.")
+        token.used_at = now
+        pair = await self._issue_tokens(user.id, user.role, family_id=token.family_id, now=now)
+        await self.session.commit()
+        return pair
+
+    async def logout(self, raw_token: str) -> None:
+        """Revoke the refresh-token family of ``raw_token``. Unknown tokens are ignored: logout is idempotent."""
+        family_id = await self.session.scalar(
+            select(RefreshToken.family_id).where(RefreshToken.token_hash == _token_hash(raw_token))
+        )
+        if family_id is not None:
+            await self._revoke_family(family_id, _now())
+            await self.session.commit()
+
+    async def get_active(self, user_id: uuid.UUID) -> UserOut:
+        """The caller's own account, straight from a Core query (every ``/users/me`` request reads it).
+
+        Raises:
+            Unauthorized: The account is gone or deactivated, though its token is still valid.
+        """
+        row = (await self.session.execute(select(*USER_COLUMNS).where(User.id == user_id))).one_or_none()
+        if row is None or not row.is_active:
+            raise Unauthorized("This account is deactivated.")
+        return UserOut(**row._asdict())
+
+    async def get(self, user_id: uuid.UUID) -> UserOut:
+        """Any account, for administrators.
+
+        Raises:
+            NotFound: No such account.
+        """
+        row = (await self.session.execute(select(*USER_COLUMNS).where(User.id == user_id))).one_or_none()
+        if row is None:
+            raise NotFound("No such user.")
+        return UserOut(**row._asdict())
+
+    async def list(self, *, search: str | None, limit: int, offset: int) -> UserPage:
+        """A page of accounts, newest first, optionally matching ``search`` in email or display name."""
+        filters: list[object] = [LimitOffset(limit=limit, offset=offset)]
+        if search:
+            pattern = f"%{_escape_like(search.strip())}%"
+            filters.append(or_(User.email.ilike(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\")))
+        users, total = await self.repository.get_many_and_count(
+            *filters,  # type: ignore[arg-type]  # list of mixed filter kinds, each accepted by list_and_count
+            order_by=[(User.created_at, True), (User.id, True)],
+        )
+        return UserPage(items=[_user_out(user) for user in users], total=total, limit=limit, offset=offset)
+
+    async def update_profile(self, user_id: uuid.UUID, changes: ProfileUpdate) -> UserOut:
+        """Change one's own display name, email or password.
+
+        Raises:
+            Unauthorized: The account is deactivated.
+            Forbidden: A new email or password without the right current password.
+            Unprocessable: The new password equals the email.
+            Conflict: The new email is taken.
+        """
+        user = await self._active_for_update(user_id)
+        sensitive = changes.email is not UNSET or changes.password is not UNSET
+        if sensitive:
+            current = changes.current_password if changes.current_password is not UNSET else ""
+            if not await self.hasher.verify(user.password_hash, current):
+                raise Forbidden("Changing the email or password needs the right current_password.")
+        if changes.display_name is not UNSET:
+            user.display_name = changes.display_name.strip()
+        if changes.email is not UNSET:
+            user.email = normalize_email(changes.email)
+        if changes.password is not UNSET:
+            self._check_password(changes.password, user.email)
+            user.password_hash = await self.hasher.hash(changes.password)
+            await self._revoke_all_tokens(user.id, _now())
+        elif changes.email is not UNSET:
+            self._check_password_is_not_email(current, user.email)
+        user.version += 1
+        await self._flush_unique()
+        await self._record_event("updated", user)
+        await self.session.commit()
+        return _user_out(user)
+
+    async def deactivate(self, user_id: uuid.UUID) -> None:
+        """Deactivate one's own account: no more sign-in, every refresh token revoked."""
+        user = await self._active_for_update(user_id)
+        await self._deactivate(user)
+        await self.session.commit()
+
+    async def administer(self, actor: Principal, user_id: uuid.UUID, changes: AdminUserUpdate) -> UserOut:
+        """An administrator changes an account's role or active flag.
+
+        Raises:
+            NotFound: No such account.
+            Conflict: An administrator tried to demote or deactivate themselves (nobody could undo it).
+        """
+        user = await self.session.scalar(select(User).where(User.id == user_id).with_for_update())
+        if user is None:
+            raise NotFound("No such user.")
+        if user.id == actor.id and (changes.role == "user" or changes.is_active is False):
+            raise Conflict("Administrators cannot demote or deactivate themselves.")
+        if changes.is_active is False and user.is_active:
+            await self._deactivate(user)
+        elif changes.is_active is True and not user.is_active:
+            user.is_active = True
+            user.deactivated_at = None
+            user.version += 1
+            await self._record_event("updated", user)
+        if changes.role is not UNSET and changes.role != user.role:
+            user.role = changes.role
+            user.version += 1
+            await self._record_event("updated", user)
+        await self.session.commit()
+        return _user_out(user)
+
+    async def _deactivate(self, user: User) -> None:
+        now = _now()
+        user.is_active = False
+        user.deactivated_at = now
+        user.version += 1
+        await self._revoke_all_tokens(user.id, now)
+        await self._record_event("deactivated", user)
+
+    async def _record_event(self, kind: str, user: User) -> None:
+        """The seam for events: ``users.user.<kind>`` joins this same transaction through the outbox."""
+
+    async def _active_for_update(self, user_id: uuid.UUID) -> User:
+        user = await self.session.scalar(select(User).where(User.id == user_id).with_for_update())
+        if user is None or not user.is_active:
+            raise Unauthorized("This account is deactivated.")
+        return user
+
+    async def _insert(self, user: User) -> None:
+        self.session.add(user)
+        await self._flush_unique()
+
+    async def _flush_unique(self) -> None:
+        try:
+            await self.session.flush()
+        except IntegrityError as error:
+            await self.session.rollback()
+            raise Conflict("An account with this email already exists.") from error
+
+    def _check_password(self, password: str, email: str) -> None:
+        if len(password) < 10:  # noqa: PLR2004 - the documented minimum, also enforced by the schema
+            raise Unprocessable("The password needs at least 10 characters.")
+        self._check_password_is_not_email(password, email)
+
+    @staticmethod
+    def _check_password_is_not_email(password: str, email: str) -> None:
+        if password.strip().lower() == email:
+            raise Unprocessable("The password must not be the email address.")
+
+    async def _issue_tokens(self, user_id: uuid.UUID, role: str, *, family_id: uuid.UUID, now: datetime.datetime) -> TokenPair:
+        raw_token = secrets.token_urlsafe(32)
+        self.session.add(
+            RefreshToken(
+                user_id=user_id,
+                family_id=family_id,
+                token_hash=_token_hash(raw_token),
+                issued_at=now,
+                expires_at=now + datetime.timedelta(seconds=self.settings.refresh_token_ttl_seconds),
+            )
+        )
+        access_token = self.signer.sign(subject=user_id, roles=[role], now=int(now.timestamp()))
+        return TokenPair(access_token=access_token, refresh_token=raw_token, expires_in=self.signer.ttl_seconds)
+
+    async def _revoke_family(self, family_id: uuid.UUID, now: datetime.datetime) -> None:
+        await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    async def _revoke_all_tokens(self, user_id: uuid.UUID, now: datetime.datetime) -> None:
+        await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    def _window_start(self, now: datetime.datetime) -> datetime.datetime:
+        window = self.settings.login_window_seconds
+        return datetime.datetime.fromtimestamp(int(now.timestamp()) // window * window, datetime.UTC)
+
+    async def _refuse_if_throttled(
+        self, email: str, address: str, window_start: datetime.datetime, now: datetime.datetime
+    ) -> None:
+        rows = await self.session.execute(
+            select(LoginThrottle.scope, LoginThrottle.failures).where(
+                LoginThrottle.window_start == window_start,
+                or_(
+                    (LoginThrottle.scope == "account") & (LoginThrottle.key == email),
+                    (LoginThrottle.scope == "address") & (LoginThrottle.key == address),
+                ),
+            )
+        )
+        limits = {
+            "account": self.settings.login_max_failures_per_account,
+            "address": self.settings.login_max_failures_per_address,
+        }
+        if any(failures >= limits[scope] for scope, failures in rows):
+            retry_after = int((window_start - now).total_seconds()) + self.settings.login_window_seconds
+            raise TooManyRequests("Too many failed sign-ins; try again later.", retry_after=retry_after)
+
+    async def _record_failure(self, email: str, address: str, window_start: datetime.datetime) -> None:
+        # Counted in Postgres so every process and replica sees the same numbers.
+        statement = insert(LoginThrottle).values(
+            [
+                {"scope": "account", "key": email, "window_start": window_start, "failures": 1},
+                {"scope": "address", "key": address, "window_start": window_start, "failures": 1},
+            ]
+        )
+        await self.session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[LoginThrottle.scope, LoginThrottle.key, LoginThrottle.window_start],
+                set_={"failures": LoginThrottle.failures + 1},
+            )
+        )
+        await self.session.execute(
+            LoginThrottle.__table__.delete().where(
+                LoginThrottle.window_start < window_start,
+                LoginThrottle.key.in_([email, address]),
+            )
+        )
+        await self.session.commit()
+
+
+def _user_out(user: User) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        display_name=user.display_name,
+        role=user.role,  # type: ignore[arg-type]  # the column only ever holds a Role
+        is_active=user.is_active,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
+    )

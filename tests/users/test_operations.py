@@ -1,0 +1,105 @@
+"""Health, metrics, docs and migrations of the users service."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from sqlalchemy import pool, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from shared.db import provision_service_role
+from shared.testing import serve_app
+from users.app import DATABASE, create_app
+from users.models import Base
+
+if TYPE_CHECKING:
+    import httpx
+
+    from shared.devstack.servers import NatsServer, PostgresServer
+    from users.settings import UsersSettings
+
+
+async def test_live_and_ready_report_ok(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/health/live")).json() == {"status": "ok", "checks": {}}
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok"}
+
+
+async def test_ready_checks_nats_when_configured(users_settings: UsersSettings, nats_server: NatsServer) -> None:
+    settings = msgspec.structs.replace(users_settings, nats_url=nats_server.url)
+    async with serve_app(create_app(settings)) as client:
+        ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
+
+
+async def test_ready_is_503_when_migrations_are_behind(users_settings: UsersSettings, postgres_server: PostgresServer) -> None:
+    admin = create_async_engine(postgres_server.url(), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text("DROP DATABASE IF EXISTS behind"))
+        await connection.execute(text("CREATE DATABASE behind"))
+    await admin.dispose()
+    url = await provision_service_role(postgres_server.url("behind"), service="users", password="test-password")
+    async with serve_app(create_app(msgspec.structs.replace(users_settings, database_url=url))) as client:
+        ready = await client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"].startswith("migrations at None")
+
+
+async def test_metrics_are_exposed_for_prometheus(client: httpx.AsyncClient) -> None:
+    await client.get("/health/live")
+    await client.post("/auth/login", json={"email": "x@example.com", "password": "0123456789"})
+    metrics = await client.get("/metrics")
+    assert metrics.status_code == 200
+    assert "users_requests_total" in metrics.text
+    assert 'path="/auth/login"' in metrics.text
+
+
+async def test_openapi_documents_every_route(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/docs/openapi.json")).json()
+    assert set(document["paths"]) >= {
+        "/auth/register", "/auth/login", "/auth/token", "/auth/refresh", "/auth/logout",
+        "/.well-known/jwks.json", "/users/me", "/users", "/users/{user_id}",
+    }
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_migrations_reach_head_and_match_the_models(postgres_server: PostgresServer) -> None:
+    admin = create_async_engine(postgres_server.url(), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text("DROP DATABASE IF EXISTS fresh"))
+        await connection.execute(text("CREATE DATABASE fresh"))
+    await admin.dispose()
+    url = await provision_service_role(postgres_server.url("fresh"), service="users", password="test-password")
+    await asyncio.to_thread(DATABASE.upgrade, url)
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        assert await DATABASE.current_revision(engine) == DATABASE.head()
+        assert await DATABASE.differences(url) == []
+        async with engine.connect() as connection:
+            tables = set((await connection.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'users'"))).all())
+            owner = await connection.scalar(text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'users'"))
+        assert tables == {"alembic_version", "user_account", "refresh_token", "login_throttle"}
+        assert owner == "users"
+    finally:
+        await engine.dispose()
+
+
+async def test_service_role_cannot_touch_other_schemas(users_database: str) -> None:
+    engine = create_async_engine(users_database, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(text("SELECT has_schema_privilege('public', 'CREATE'), has_database_privilege(current_database(), 'CREATE')"))
+            assert result.one() == (False, False)
+    finally:
+        await engine.dispose()
+
+
+def test_models_all_live_in_the_users_schema() -> None:
+    assert {table.schema for table in Base.metadata.tables.values()} == {"users"}
+    assert DATABASE.schema == "users"
+
