@@ -46,7 +46,9 @@ async def client(users_settings: UsersSettings) -> AsyncIterator[httpx.AsyncClie
         yield client
 
 
-async def register(client: httpx.AsyncClient, email: str, *, password: str = PASSWORD, name: str = "Ada") -> dict[str, str]:
+async def register(
+    client: httpx.AsyncClient, email: str, *, password: str = PASSWORD, name: str = "Ada"
+) -> dict[str, str]:
     response = await client.post("/auth/register", json={"email": email, "password": password, "display_name": name})
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]

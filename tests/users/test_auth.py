@@ -31,7 +31,7 @@ async def test_registered_user_can_sign_in_with_json_and_use_the_access_token(cl
     assert me.status_code == 200
     assert me.json()["id"] == account["id"]
     assert tokens["token_type"] == "bearer"
-    assert tokens["expires_in"] == 900
+    assert int(tokens["expires_in"]) == 900
 
 
 async def test_oauth2_password_form_signs_in(client: httpx.AsyncClient) -> None:
@@ -137,33 +137,77 @@ async def test_failed_logins_per_account_are_limited_with_retry_after(client: ht
 async def test_failed_logins_per_address_are_limited_across_processes(users_settings: UsersSettings) -> None:
     # Two app instances stand for two processes: the count lives in Postgres, not in memory.
     settings = msgspec.structs.replace(users_settings, login_max_failures_per_address=4)
-    async with serve_app(create_app(settings), client_address="10.9.8.7") as first, serve_app(
-        create_app(settings), client_address="10.9.8.7"
-    ) as second:
+    async with (
+        serve_app(create_app(settings), client_address="10.9.8.7") as first,
+        serve_app(create_app(settings), client_address="10.9.8.7") as second,
+    ):
         await register(first, "one@example.com")
         for index in range(4):
             client = first if index % 2 else second
-            response = await client.post("/auth/login", json={"email": f"guess{index}@example.com", "password": "x" * 10})
+            response = await client.post(
+                "/auth/login", json={"email": f"guess{index}@example.com", "password": "x" * 10}
+            )
             assert response.status_code == 401
         limited = await first.post("/auth/login", json={"email": "one@example.com", "password": PASSWORD})
         assert limited.status_code == 429
     async with serve_app(create_app(settings), client_address="10.1.1.1") as elsewhere:
-        assert (await elsewhere.post("/auth/login", json={"email": "one@example.com", "password": PASSWORD})).status_code == 200
+        assert (
+            await elsewhere.post("/auth/login", json={"email": "one@example.com", "password": PASSWORD})
+        ).status_code == 200
 
 
-def _token(signer: AccessTokenSigner, subject: uuid.UUID, **extra: object) -> str:
-    return signer.sign(subject=subject, roles=["user"], **extra)
+def _token(signer: AccessTokenSigner, subject: uuid.UUID, now: int | None = None) -> str:
+    return signer.sign(subject=subject, roles=["user"], now=now)
 
 
 @pytest.mark.parametrize(
     "make_token",
     [
-        pytest.param(lambda key, sub: _token(AccessTokenSigner(key, issuer="users", audiences=["users"], ttl_seconds=60), sub, now=int(time.time()) - 3600), id="expired"),
-        pytest.param(lambda key, sub: _token(AccessTokenSigner(generate_private_key_pem(), issuer="users", audiences=["users"], ttl_seconds=60), sub), id="other-key"),
-        pytest.param(lambda key, sub: _token(AccessTokenSigner(key, issuer="intruder", audiences=["users"], ttl_seconds=60), sub), id="wrong-issuer"),
-        pytest.param(lambda key, sub: _token(AccessTokenSigner(key, issuer="users", audiences=["billing"], ttl_seconds=60), sub), id="wrong-audience"),
-        pytest.param(lambda key, sub: _token(AccessTokenSigner(key, issuer="users", audiences=["users"], ttl_seconds=60), sub)[:-4] + "AAAA", id="forged-signature"),
-        pytest.param(lambda key, sub: jwt.encode({"sub": str(sub), "iss": "users", "aud": "users", "exp": int(time.time()) + 60, "iat": int(time.time()), "jti": "x"}, "a shared secret that is long enough!", algorithm="HS256"), id="hs256"),
+        pytest.param(
+            lambda key, sub: _token(
+                AccessTokenSigner(key, issuer="users", audiences=["users"], ttl_seconds=60),
+                sub,
+                now=int(time.time()) - 3600,
+            ),
+            id="expired",
+        ),
+        pytest.param(
+            lambda key, sub: _token(
+                AccessTokenSigner(generate_private_key_pem(), issuer="users", audiences=["users"], ttl_seconds=60), sub
+            ),
+            id="other-key",
+        ),
+        pytest.param(
+            lambda key, sub: _token(
+                AccessTokenSigner(key, issuer="intruder", audiences=["users"], ttl_seconds=60), sub
+            ),
+            id="wrong-issuer",
+        ),
+        pytest.param(
+            lambda key, sub: _token(AccessTokenSigner(key, issuer="users", audiences=["billing"], ttl_seconds=60), sub),
+            id="wrong-audience",
+        ),
+        pytest.param(
+            lambda key, sub: (
+                _token(AccessTokenSigner(key, issuer="users", audiences=["users"], ttl_seconds=60), sub)[:-4] + "AAAA"
+            ),
+            id="forged-signature",
+        ),
+        pytest.param(
+            lambda key, sub: jwt.encode(
+                {
+                    "sub": str(sub),
+                    "iss": "users",
+                    "aud": "users",
+                    "exp": int(time.time()) + 60,
+                    "iat": int(time.time()),
+                    "jti": "x",
+                },
+                "a shared secret that is long enough!",
+                algorithm="HS256",
+            ),
+            id="hs256",
+        ),
         pytest.param(lambda key, sub: "not.a.token", id="garbage"),
     ],
 )

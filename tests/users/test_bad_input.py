@@ -27,12 +27,32 @@ async def count_users(database_url: str) -> int:
     ("body", "headers", "status", "field"),
     [
         pytest.param(b'{"email": "a@example.com", "password": ', {}, 400, None, id="malformed-json"),
-        pytest.param(b'{"email": 12, "password": "long enough pw", "display_name": "A"}', {}, 400, "email", id="wrong-type"),
-        pytest.param(b'{"email": "a@example.com", "password": "long enough pw", "display_name": "A", "role": "admin"}', {}, 400, "role", id="unknown-field"),
-        pytest.param(b'{"email": "not-an-email", "password": "long enough pw", "display_name": "A"}', {}, 400, "email", id="bad-email"),
+        pytest.param(
+            b'{"email": 12, "password": "long enough pw", "display_name": "A"}', {}, 400, "email", id="wrong-type"
+        ),
+        pytest.param(
+            b'{"email": "a@example.com", "password": "long enough pw", "display_name": "A", "role": "admin"}',
+            {},
+            400,
+            "role",
+            id="unknown-field",
+        ),
+        pytest.param(
+            b'{"email": "not-an-email", "password": "long enough pw", "display_name": "A"}',
+            {},
+            400,
+            "email",
+            id="bad-email",
+        ),
         pytest.param(b'{"password": "long enough pw", "display_name": "A"}', {}, 400, "email", id="missing-field"),
         pytest.param(b"[]", {}, 400, None, id="not-an-object"),
-        pytest.param(b'{"email": "a@example.com", "password": "' + b"x" * 20_000 + b'", "display_name": "A"}', {}, 413, None, id="oversized"),
+        pytest.param(
+            b'{"email": "a@example.com", "password": "' + b"x" * 20_000 + b'", "display_name": "A"}',
+            {},
+            413,
+            None,
+            id="oversized",
+        ),
     ],
 )
 async def test_bad_registration_is_a_client_error_and_writes_nothing(

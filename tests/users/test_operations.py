@@ -6,7 +6,6 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import msgspec
-
 from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -37,7 +36,9 @@ async def test_ready_checks_nats_when_configured(users_settings: UsersSettings, 
     assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
 
 
-async def test_ready_is_503_when_migrations_are_behind(users_settings: UsersSettings, postgres_server: PostgresServer) -> None:
+async def test_ready_is_503_when_migrations_are_behind(
+    users_settings: UsersSettings, postgres_server: PostgresServer
+) -> None:
     admin = create_async_engine(postgres_server.url(), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
     async with admin.connect() as connection:
         await connection.execute(text("DROP DATABASE IF EXISTS behind"))
@@ -62,8 +63,15 @@ async def test_metrics_are_exposed_for_prometheus(client: httpx.AsyncClient) -> 
 async def test_openapi_documents_every_route(client: httpx.AsyncClient) -> None:
     document = (await client.get("/docs/openapi.json")).json()
     assert set(document["paths"]) >= {
-        "/auth/register", "/auth/login", "/auth/token", "/auth/refresh", "/auth/logout",
-        "/.well-known/jwks.json", "/users/me", "/users", "/users/{user_id}",
+        "/auth/register",
+        "/auth/login",
+        "/auth/token",
+        "/auth/refresh",
+        "/auth/logout",
+        "/.well-known/jwks.json",
+        "/users/me",
+        "/users",
+        "/users/{user_id}",
     }
     assert (await client.get("/docs")).status_code == 200
 
@@ -81,8 +89,12 @@ async def test_migrations_reach_head_and_match_the_models(postgres_server: Postg
         assert await DATABASE.current_revision(engine) == DATABASE.head()
         assert await DATABASE.differences(url) == []
         async with engine.connect() as connection:
-            tables = set((await connection.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'users'"))).all())
-            owner = await connection.scalar(text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'users'"))
+            tables = set(
+                (await connection.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'users'"))).all()
+            )
+            owner = await connection.scalar(
+                text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'users'")
+            )
         assert tables == {"alembic_version", "user_account", "refresh_token", "login_throttle"}
         assert owner == "users"
     finally:
@@ -93,7 +105,12 @@ async def test_service_role_cannot_touch_other_schemas(users_database: str) -> N
     engine = create_async_engine(users_database, poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:
-            result = await connection.execute(text("SELECT has_schema_privilege('public', 'CREATE'), has_database_privilege(current_database(), 'CREATE')"))
+            result = await connection.execute(
+                text(
+                    "SELECT has_schema_privilege('public', 'CREATE'),"
+                    " has_database_privilege(current_database(), 'CREATE')"
+                )
+            )
             assert result.one() == (False, False)
     finally:
         await engine.dispose()
@@ -102,4 +119,3 @@ async def test_service_role_cannot_touch_other_schemas(users_database: str) -> N
 def test_models_all_live_in_the_users_schema() -> None:
     assert {table.schema for table in Base.metadata.tables.values()} == {"users"}
     assert DATABASE.schema == "users"
-

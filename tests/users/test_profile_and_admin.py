@@ -33,7 +33,9 @@ async def test_changing_email_needs_the_current_password(client: httpx.AsyncClie
     )
     assert changed.status_code == 200
     assert changed.json()["email"] == "new@example.com"
-    assert (await client.post("/auth/login", json={"email": "new@example.com", "password": PASSWORD})).status_code == 200
+    assert (
+        await client.post("/auth/login", json={"email": "new@example.com", "password": PASSWORD})
+    ).status_code == 200
 
 
 async def test_changing_email_to_a_taken_one_is_a_conflict(client: httpx.AsyncClient) -> None:
@@ -60,7 +62,9 @@ async def test_deactivated_user_can_neither_sign_in_nor_refresh_nor_read_profile
     tokens = await signed_in(client, "gone@example.com")
     assert (await client.delete("/users/me", headers=bearer(tokens))).status_code == 204
 
-    assert (await client.post("/auth/login", json={"email": "gone@example.com", "password": PASSWORD})).status_code == 401
+    assert (
+        await client.post("/auth/login", json={"email": "gone@example.com", "password": PASSWORD})
+    ).status_code == 401
     assert (await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})).status_code == 401
     assert (await client.get("/users/me", headers=bearer(tokens))).status_code == 401
 
@@ -74,7 +78,9 @@ async def test_non_admin_gets_403_on_admin_routes(client: httpx.AsyncClient) -> 
     assert (await client.get("/users")).status_code == 401
 
 
-async def test_admin_lists_users_paginated_and_searches(client: httpx.AsyncClient, users_settings: UsersSettings) -> None:
+async def test_admin_lists_users_paginated_and_searches(
+    client: httpx.AsyncClient, users_settings: UsersSettings
+) -> None:
     for index in range(3):
         await register(client, f"shopper{index}@example.com", name=f"Shopper {index}")
     await register(client, "zed@example.com", name="Zed")
@@ -94,7 +100,9 @@ async def test_admin_lists_users_paginated_and_searches(client: httpx.AsyncClien
     assert bad_limit.status_code == 400
 
 
-async def test_admin_reads_and_changes_role_and_active_flag(client: httpx.AsyncClient, users_settings: UsersSettings) -> None:
+async def test_admin_reads_and_changes_role_and_active_flag(
+    client: httpx.AsyncClient, users_settings: UsersSettings
+) -> None:
     account = await register(client, "staff@example.com")
     tokens = await admin_tokens(client, users_settings)
 
@@ -104,16 +112,22 @@ async def test_admin_reads_and_changes_role_and_active_flag(client: httpx.AsyncC
     assert promoted.json()["role"] == "admin"
     deactivated = await client.patch(f"/users/{account['id']}", json={"is_active": False}, headers=bearer(tokens))
     assert deactivated.json()["is_active"] is False
-    assert (await client.post("/auth/login", json={"email": "staff@example.com", "password": PASSWORD})).status_code == 401
+    assert (
+        await client.post("/auth/login", json={"email": "staff@example.com", "password": PASSWORD})
+    ).status_code == 401
     await client.patch(f"/users/{account['id']}", json={"is_active": True}, headers=bearer(tokens))
     await login(client, "staff@example.com")
 
 
-async def test_admin_cannot_demote_or_deactivate_themselves(client: httpx.AsyncClient, users_settings: UsersSettings) -> None:
+async def test_admin_cannot_demote_or_deactivate_themselves(
+    client: httpx.AsyncClient, users_settings: UsersSettings
+) -> None:
     tokens = await admin_tokens(client, users_settings)
     me = (await client.get("/users/me", headers=bearer(tokens))).json()
     assert (await client.patch(f"/users/{me['id']}", json={"role": "user"}, headers=bearer(tokens))).status_code == 409
-    assert (await client.patch(f"/users/{me['id']}", json={"is_active": False}, headers=bearer(tokens))).status_code == 409
+    assert (
+        await client.patch(f"/users/{me['id']}", json={"is_active": False}, headers=bearer(tokens))
+    ).status_code == 409
 
 
 async def test_unknown_user_id_is_404_for_admin(client: httpx.AsyncClient, users_settings: UsersSettings) -> None:
@@ -123,7 +137,9 @@ async def test_unknown_user_id_is_404_for_admin(client: httpx.AsyncClient, users
     assert (await client.patch(f"/users/{missing}", json={"role": "admin"}, headers=bearer(tokens))).status_code == 404
 
 
-async def test_create_admin_promotes_an_existing_account(client: httpx.AsyncClient, users_settings: UsersSettings) -> None:
+async def test_create_admin_promotes_an_existing_account(
+    client: httpx.AsyncClient, users_settings: UsersSettings
+) -> None:
     account = await register(client, "later-admin@example.com")
     account_id, created = await create_admin_account(
         users_settings, email="Later-Admin@example.com", password=PASSWORD, display_name="ignored"

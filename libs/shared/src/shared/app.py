@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,8 @@ from shared.health import ReadinessCheck, create_health_controller
 from shared.telemetry import configure_logging, configure_tracing, name_span_by_route
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
     from litestar.types import ControllerRouterHandler
 
@@ -72,7 +73,9 @@ def verifier_from_settings(settings: ServiceSettings, audience: str) -> TokenVer
     )
 
 
-def _readiness_checks(app_config: ServiceApp, alchemy: SQLAlchemyAsyncConfig, state: dict[str, Any]) -> dict[str, ReadinessCheck]:
+def _readiness_checks(
+    app_config: ServiceApp, alchemy: SQLAlchemyAsyncConfig, state: dict[str, Any]
+) -> dict[str, ReadinessCheck]:
     database = app_config.database
     head = database.head()
 
@@ -105,23 +108,30 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     settings = app_config.settings
     configure_logging(level=settings.log_level, json=settings.log_json)
     configure_tracing(app_config.name)
-    alchemy = alchemy_config(settings.database_url, pool_size=settings.database_pool_size, null_pool=app_config.null_pool)
+    alchemy = alchemy_config(
+        settings.database_url, pool_size=settings.database_pool_size, null_pool=app_config.null_pool
+    )
     verifier = app_config.token_verifier or verifier_from_settings(settings, app_config.name)
-    nats_state: dict[str, Any] = {}
+    runtime: dict[str, Any] = {}
 
     @asynccontextmanager
-    async def nats_lifespan(app: Litestar) -> AsyncIterator[None]:
-        if not settings.nats_url:
-            yield
-            return
-        connection = await connect_nats(
-            settings.nats_url, name=f"{app_config.name}-api", user=settings.nats_user, password=settings.nats_password
-        )
-        nats_state["nats"] = app.state.nats = connection
+    async def connections(app: Litestar) -> AsyncIterator[None]:
         try:
+            if settings.nats_url:
+                connection = await connect_nats(
+                    settings.nats_url,
+                    name=f"{app_config.name}-api",
+                    user=settings.nats_user,
+                    password=settings.nats_password,
+                )
+                runtime["nats"] = app.state.nats = connection
             yield
         finally:
-            await connection.drain()
+            if "nats" in runtime:
+                await runtime.pop("nats").drain()
+            # advanced-alchemy renames its state keys when a process builds a second app (tests do)
+            # and then skips disposing the engine: dispose it here, whatever the keys.
+            await alchemy.get_engine().dispose()
 
     openapi = OpenAPIConfig(
         title=f"Relay Shop · {app_config.name}",
@@ -136,26 +146,32 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         ),
         use_handler_docstrings=True,
     )
-    prometheus = PrometheusConfig(app_name=app_config.name, prefix=app_config.name, group_path=True, exclude=["/metrics", "/health"])
+    prometheus = PrometheusConfig(
+        app_name=app_config.name, prefix=app_config.name, group_path=True, exclude=["/metrics", "/health"]
+    )
 
     return Litestar(
         route_handlers=[
             *app_config.route_handlers,
-            create_health_controller(_readiness_checks(app_config, alchemy, nats_state)),
+            create_health_controller(_readiness_checks(app_config, alchemy, runtime)),
             PrometheusController,
         ],
         dependencies={"user": Provide(provide_current_user), **app_config.dependencies},
         plugins=[
             SQLAlchemyPlugin(config=alchemy),
-            OpenTelemetryPlugin(OpenTelemetryConfig(exclude=list(_UNAUTHENTICATED_PATHS), exclude_spans=["send", "receive"])),
+            OpenTelemetryPlugin(
+                OpenTelemetryConfig(exclude=list(_UNAUTHENTICATED_PATHS), exclude_spans=["send", "receive"])
+            ),
         ],
         middleware=[prometheus.middleware, AuthenticationMiddleware(verifier)],
         before_request=name_span_by_route,
         exception_handlers=exception_handlers(),
-        lifespan=[nats_lifespan],
+        lifespan=[connections],
         on_startup=list(app_config.on_startup),
         openapi_config=openapi,
-        cors_config=CORSConfig(allow_origins=list(settings.cors_allow_origins)) if settings.cors_allow_origins else None,
+        cors_config=CORSConfig(allow_origins=list(settings.cors_allow_origins))
+        if settings.cors_allow_origins
+        else None,
         request_max_body_size=settings.max_request_body_bytes,
         logging_config=None,
         debug=settings.debug,

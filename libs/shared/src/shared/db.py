@@ -238,4 +238,3 @@ async def provision_service_role(admin_url: str, *, service: str, password: str)
         await engine.dispose()
     url = make_url(admin_url).set(username=service, password=password)
     return url.render_as_string(hide_password=False)
-

@@ -151,7 +151,9 @@ _STATUS_TITLES = {
 }
 
 
-def _problem_response(request: Request[Any, Any, Any], problem: Problem, headers: dict[str, str] | None = None) -> Response[Problem]:
+def _problem_response(
+    request: Request[Any, Any, Any], problem: Problem, headers: dict[str, str] | None = None
+) -> Response[Problem]:
     return Response(
         content=problem,
         status_code=problem.status,
@@ -192,6 +194,7 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
     """Litestar's own errors: validation, 401/403/404/405, body too large, and so on."""
     status = exc.status_code
     errors = _validation_errors(exc.extra) if isinstance(exc, ValidationException) else None
+    detail: str | None
     if errors:
         detail = "; ".join(f"{error.field}: {error.message}" for error in errors)
     else:
@@ -238,5 +241,3 @@ def exception_handlers() -> ExceptionHandlersMap:
         RepositoryError: handle_repository_error,
         Exception: handle_internal_error,
     }
-
-

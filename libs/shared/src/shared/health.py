@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import msgspec
 from litestar import Controller, Response, get
@@ -23,12 +22,12 @@ class HealthReport(msgspec.Struct):
     checks: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-async def run_checks(checks: dict[str, ReadinessCheck], timeout: float = 3.0) -> HealthReport:
+async def run_checks(checks: dict[str, ReadinessCheck], timeout_seconds: float = 3.0) -> HealthReport:
     """Run every check at once; each failing or timing-out check names its reason."""
 
     async def run(check: ReadinessCheck) -> str:
         try:
-            problem = await asyncio.wait_for(check(), timeout)
+            problem = await asyncio.wait_for(check(), timeout_seconds)
         except TimeoutError:
             return "timed out"
         except Exception as error:  # noqa: BLE001 - a failing check is a report, not a crash
@@ -48,7 +47,6 @@ def create_health_controller(checks: dict[str, ReadinessCheck]) -> type[Controll
         path = "/health"
         tags: Sequence[str] | None = ["health"]
         include_in_schema = False
-        opt: dict[str, Any] | None = {"exclude_from_auth": True}
 
         @get("/live", sync_to_thread=False)
         def live(self) -> HealthReport:

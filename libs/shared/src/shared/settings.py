@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import typing
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ("ServiceSettings", "SettingsError", "load_settings")
 

@@ -58,7 +58,7 @@ async def name_span_by_route(request: Request[Any, Any, Any]) -> None:
 
 
 def add_trace_ids(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
-    """structlog processor: put the current ``trace_id`` and ``span_id`` on every log line."""
+    """Structlog processor: put the current ``trace_id`` and ``span_id`` on every log line."""
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event["trace_id"] = format(context.trace_id, "032x")
@@ -67,7 +67,7 @@ def add_trace_ids(_logger: WrappedLogger, _method: str, event: EventDict) -> Eve
 
 
 def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
-    """structlog for the process: JSON lines with trace ids, or readable lines for a console."""
+    """Structlog for the process: JSON lines with trace ids, or readable lines for a console."""
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[

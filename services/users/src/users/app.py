@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from litestar.di import NamedDependency, Provide
-from sqlalchemy.ext.asyncio import AsyncSession  # noqa: TC002 - Litestar resolves the annotation at run time
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.app import ServiceApp, create_service_app
 from shared.auth import AccessTokenSigner, TokenVerifier

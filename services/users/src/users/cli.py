@@ -18,7 +18,9 @@ __all__ = ("main",)
 main = service_cli("users", app_factory="users.app:create_app", database=DATABASE, load_settings=load_users_settings)
 
 
-async def create_admin_account(settings: UsersSettings, *, email: str, password: str, display_name: str) -> tuple[str, bool]:
+async def create_admin_account(
+    settings: UsersSettings, *, email: str, password: str, display_name: str
+) -> tuple[str, bool]:
     """Create an administrator or promote an existing account; returns its id and whether it is new."""
     engine = create_async_engine(settings.database_url, poolclass=pool.NullPool)
     try:
@@ -27,7 +29,9 @@ async def create_admin_account(settings: UsersSettings, *, email: str, password:
                 session=session,
                 settings=settings,
                 signer=create_signer(settings),
-                hasher=PasswordHasher(time_cost=settings.password_hash_time_cost, memory_kib=settings.password_hash_memory_kib),
+                hasher=PasswordHasher(
+                    time_cost=settings.password_hash_time_cost, memory_kib=settings.password_hash_memory_kib
+                ),
             )
             account, created = await users.create_admin(email=email, password=password, display_name=display_name)
             return str(account.id), created

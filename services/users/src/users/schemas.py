@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import datetime  # noqa: TC003 - msgspec needs the type at run time
-import uuid  # noqa: TC003
+import datetime
+import uuid
 from typing import Annotated, Literal
 
 import msgspec
@@ -66,7 +66,7 @@ class TokenPair(msgspec.Struct, frozen=True):
     access_token: str
     refresh_token: str
     expires_in: int
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
 
 
 class ProfileUpdate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -15,7 +15,7 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from argon2 import PasswordHasher as Argon2Hasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from msgspec import UNSET
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
@@ -133,7 +133,9 @@ class UserService:
             await self.session.commit()
             return _user_out(existing), False
         self._check_password(password, email)
-        user = User(email=email, password_hash=await self.hasher.hash(password), display_name=display_name, role="admin")
+        user = User(
+            email=email, password_hash=await self.hasher.hash(password), display_name=display_name, role="admin"
+        )
         await self._insert(user)
         await self._record_event("registered", user)
         await self.session.commit()
@@ -341,7 +343,9 @@ class UserService:
         if password.strip().lower() == email:
             raise Unprocessable("The password must not be the email address.")
 
-    async def _issue_tokens(self, user_id: uuid.UUID, role: str, *, family_id: uuid.UUID, now: datetime.datetime) -> TokenPair:
+    async def _issue_tokens(
+        self, user_id: uuid.UUID, role: str, *, family_id: uuid.UUID, now: datetime.datetime
+    ) -> TokenPair:
         raw_token = secrets.token_urlsafe(32)
         self.session.add(
             RefreshToken(
@@ -408,7 +412,7 @@ class UserService:
             )
         )
         await self.session.execute(
-            LoginThrottle.__table__.delete().where(
+            delete(LoginThrottle).where(
                 LoginThrottle.window_start < window_start,
                 LoginThrottle.key.in_([email, address]),
             )

@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ("NatsServer", "PostgresServer", "free_port", "postgres_bin_dir")
+__all__ = ("NatsServer", "PostgresServer", "die_with_parent", "free_port", "postgres_bin_dir")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: if the test runner or supervisor is killed,
     # the kernel sends SIGTERM here instead of leaving an orphan server behind.
     with contextlib.suppress(OSError, AttributeError):
@@ -48,7 +48,7 @@ def postgres_bin_dir() -> Path:
     if initdb and shutil.which("postgres"):
         return Path(initdb).resolve().parent
     try:
-        import pgserver  # type: ignore[import-untyped]  # the wheel ships no type information
+        import pgserver
     except ImportError as error:  # pragma: no cover - pgserver is a dev dependency
         raise RuntimeError("no PostgreSQL: install it, or the pgserver wheel") from error
     return Path(pgserver.__file__).parent / "pginstall" / "bin"
@@ -113,11 +113,22 @@ class PostgresServer:
         if self.account is not None:
             os.chown(path, self.account.pw_uid, self.account.pw_gid)
 
+    def _grant_traverse(self) -> None:
+        # The unprivileged account must walk from / to its data directory; root's home and
+        # pytest's temporary folders are 0700. Only the search bit is added, never read.
+        if self.account is None:
+            return
+        for ancestor in self.root.parents:
+            mode = ancestor.stat().st_mode
+            if not mode & 0o001:
+                ancestor.chmod(mode | 0o001)
+
     def initialise(self) -> None:
         """Create the cluster unless it exists."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         self._chown(self.root)
+        self._grant_traverse()
         if (self.data_dir / "PG_VERSION").exists():
             return
         password_file = self.root / "superuser-password"
@@ -127,9 +138,12 @@ class PostgresServer:
         result = subprocess.run(  # noqa: S603, PLW1510 - our own binary; the result is checked below
             [
                 str(self.bin_dir / "initdb"),
-                "-D", str(self.data_dir),
-                "-U", "postgres",
-                "--pwfile", str(password_file),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--pwfile",
+                str(password_file),
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
                 "--encoding=UTF8",
@@ -165,7 +179,7 @@ class PostgresServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks or threads involved
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks or threads involved
             **self._run_as(),  # type: ignore[call-overload]
         )
         log.close()
@@ -259,7 +273,7 @@ class NatsServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -267,10 +281,9 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self.process.returncode}; see {self.root / 'nats.log'}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(health, timeout=1) as response:  # noqa: S310 - our loopback server
-                    if response.status == 200:  # noqa: PLR2004
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=1) as response:
+                if response.status == 200:  # noqa: PLR2004
+                    return
             time.sleep(0.05)
         raise TimeoutError(f"nats-server did not become healthy in {timeout}s")
 

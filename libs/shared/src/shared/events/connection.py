@@ -9,7 +9,7 @@ import nats
 import structlog
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
+    from nats.aio.client import Client as NatsClient
 
 __all__ = ("connect_nats",)
 
@@ -23,7 +23,7 @@ async def connect_nats(
     user: str = "",
     password: str = "",
     connect_timeout: float = 10.0,
-) -> NATS:
+) -> NatsClient:
     """Connect to NATS, giving up after ``connect_timeout`` when the server is down at start.
 
     With ``max_reconnect_attempts=-1`` nats-py would otherwise block forever on a dead server.

@@ -17,7 +17,12 @@ if TYPE_CHECKING:
 __all__ = ("prepare_service_database", "truncate_schema")
 
 
-def prepare_service_database(server: PostgresServer, database: ServiceDatabase, *, password: str = "test-password") -> str:
+def prepare_service_database(
+    server: PostgresServer,
+    database: ServiceDatabase,
+    *,
+    password: str = "test-password",  # noqa: S107 - a throwaway role on a throwaway server
+) -> str:
     """Create the service's role and schema as in production, migrate to head, return its URL.
 
     The service connects as its own role, so a test fails if the service needed more privilege

@@ -40,7 +40,7 @@ async def serve_app(app: Litestar, *, client_address: str = "127.0.0.1") -> Asyn
         started_wait.cancel()
         await lifespan  # start-up failed: raise its error here
     try:
-        transport = httpx.ASGITransport(app=app, client=(client_address, 54321))
+        transport = httpx.ASGITransport(app=app, client=(client_address, 54321))  # type: ignore[arg-type]  # Litestar's precise ASGI types vs httpx's loose ones
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
     finally:

@@ -1,0 +1,38 @@
+# Relay Shop: every command runs inside the uv environment (`uv run just <recipe>`).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# list the recipes
+default:
+    @just --list
+
+# start Postgres, NATS and the services under .data/ (Ctrl-C stops everything); --fresh wipes .data/ first
+up *args:
+    python -m shared.devstack {{args}}
+
+# wipe the local stack's data (.data/)
+reset:
+    rm -rf .data
+
+# lint, then every test (unit, integration against real Postgres and NATS)
+test *args: lint
+    pytest {{args}}
+
+# ruff and mypy --strict over everything
+lint:
+    ruff check .
+    ruff format --check .
+    mypy libs services tests bench scripts conftest.py
+
+# format and fix what ruff can
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# resolve and pin every dependency in pyproject.toml (add --upgrade to move to newer versions)
+lock *args:
+    python scripts/lock.py {{args}}
+
+# migrate one service's schema to head, e.g. `just migrate users` (settings from USERS_* variables)
+migrate service:
+    {{service}} migrate

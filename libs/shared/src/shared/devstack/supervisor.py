@@ -1,0 +1,234 @@
+"""``just up``: Postgres, NATS and every service process on this machine, under ``.data/``.
+
+The supervisor owns every process it starts: servers and services die with it (Ctrl-C, SIGTERM,
+or a crash of the supervisor itself), and a second run after a crash reuses the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from shared.auth import generate_private_key_pem
+from shared.db import provision_service_role
+from shared.devstack.servers import NatsServer, PostgresServer, die_with_parent
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ("DevStack", "ServiceProcess", "StackPorts")
+
+DATABASE = "relay"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Fixed loopback ports of the local stack; each can be moved with a ``RELAY_*_PORT`` variable."""
+
+    postgres: int = 5544
+    nats: int = 4333
+    nats_monitor: int = 8333
+    users: int = 8001
+
+    @classmethod
+    def from_environment(cls) -> StackPorts:
+        """The defaults, overridden by ``RELAY_POSTGRES_PORT``, ``RELAY_NATS_PORT``, ``RELAY_USERS_PORT``..."""
+        defaults = cls()
+        values = {
+            name: int(os.environ.get(f"RELAY_{name.upper()}_PORT", getattr(defaults, name)))
+            for name in cls.__dataclass_fields__
+        }
+        return cls(**values)
+
+
+@dataclass
+class ServiceProcess:
+    """One child process whose output is streamed with a prefix."""
+
+    name: str
+    command: Sequence[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, output: IO[str]) -> None:
+        """Start the process and a thread that copies its output, prefixed, to ``output``."""
+        self.process = subprocess.Popen(  # noqa: S603 - our own console scripts
+            list(self.command),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
+        )
+        stream = self.process.stdout
+        assert stream is not None  # noqa: S101 - stdout=PIPE above
+        prefix = f"{self.name:>13} | "
+
+        def copy() -> None:
+            for line in iter(stream.readline, b""):
+                output.write(prefix + line.decode(errors="replace"))
+                output.flush()
+
+        threading.Thread(target=copy, name=f"log-{self.name}", daemon=True).start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it has not stopped in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class DevStack:
+    """The whole local system under ``root`` (default ``.data/``)."""
+
+    def __init__(self, root: Path, ports: StackPorts, output: IO[str] = sys.stdout) -> None:
+        self.root = root.resolve()
+        self.ports = ports
+        self.output = output
+        self.postgres = PostgresServer(self.root / "postgres", port=ports.postgres, durable=True)
+        self.nats = NatsServer(self.root / "nats", port=ports.nats, monitor_port=ports.nats_monitor)
+        self.processes: list[ServiceProcess] = []
+
+    def say(self, message: str) -> None:
+        """A line from the supervisor itself."""
+        self.output.write(f"{'up':>13} | {message}\n")
+        self.output.flush()
+
+    def secrets(self) -> dict[str, str]:
+        """Role passwords and the users signing key, made once and kept in ``.data/``."""
+        path = self.root / "secrets.json"
+        if path.exists():
+            stored: dict[str, str] = json.loads(path.read_text())
+            return stored
+        values = {"users_db_password": secrets.token_urlsafe(16), "users_jwt_private_key": generate_private_key_pem()}
+        path.write_text(json.dumps(values, indent=2))
+        path.chmod(0o600)
+        return values
+
+    def service_env(self, database_url: str, stored: dict[str, str]) -> dict[str, str]:
+        """The environment of the users processes."""
+        base = {key: value for key, value in os.environ.items() if not key.startswith("USERS_")}
+        return base | {
+            "USERS_DATABASE_URL": database_url,
+            "USERS_NATS_URL": self.nats.url,
+            "USERS_HTTP_HOST": "127.0.0.1",
+            "USERS_HTTP_PORT": str(self.ports.users),
+            "USERS_JWT_PRIVATE_KEY": stored["users_jwt_private_key"],
+            "USERS_LOG_JSON": "false",
+        }
+
+    def run(self) -> int:
+        """Start everything, wait until ready, then supervise until a signal or a child dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        started = time.monotonic()
+        stopping = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopping.set())
+        try:
+            self.say(f"postgres on 127.0.0.1:{self.ports.postgres} ({self.postgres.bin_dir})")
+            self.postgres.start()
+            self.say(f"nats on 127.0.0.1:{self.ports.nats}")
+            self.nats.start()
+            stored = self.secrets()
+            database_url = asyncio.run(self._provision(stored))
+            env = self.service_env(database_url, stored)
+            bin_dir = Path(sys.executable).parent
+            self.say("migrating users")
+            subprocess.run([str(bin_dir / "users"), "migrate"], env=env, check=True)  # noqa: S603
+            api = ServiceProcess("users-api", [str(bin_dir / "users"), "api"], env)
+            api.start(self.output)
+            self.processes.append(api)
+            self._wait_ready(f"http://127.0.0.1:{self.ports.users}/health/ready", stopping)
+            self._print_urls(time.monotonic() - started)
+            while not stopping.wait(0.5):
+                for process in self.processes:
+                    if process.process is not None and process.process.poll() is not None:
+                        self.say(f"{process.name} exited with {process.process.returncode}; stopping")
+                        return 1
+            return 0
+        finally:
+            self.say("stopping")
+            for process in reversed(self.processes):
+                process.stop()
+            self.nats.stop()
+            self.postgres.stop()
+            self.say("stopped")
+
+    async def _provision(self, stored: dict[str, str]) -> str:
+        admin = self.postgres.url()
+        await _ensure_database(admin, DATABASE)
+        return await provision_service_role(
+            self.postgres.url(DATABASE), service="users", password=stored["users_db_password"]
+        )
+
+    def _wait_ready(self, url: str, stopping: threading.Event, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not stopping.is_set():
+            with suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+                if response.status == 200:  # noqa: PLR2004
+                    return
+            for process in self.processes:
+                if process.process is not None and process.process.poll() is not None:
+                    raise RuntimeError(f"{process.name} exited during start-up")
+            time.sleep(0.2)
+        if not stopping.is_set():
+            raise TimeoutError(f"{url} not ready after {timeout}s")
+
+    def _print_urls(self, seconds: float) -> None:
+        users = f"http://127.0.0.1:{self.ports.users}"
+        rows = [
+            ("users API", users),
+            ("users docs", f"{users}/docs"),
+            ("postgres", f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/{DATABASE}"),
+            ("nats", self.nats.url),
+        ]
+        self.say(f"ready in {seconds:.1f}s")
+        for name, url in rows:
+            self.say(f"  {name:<12} {url}")
+        self.say("Ctrl-C stops everything")
+
+
+async def _ensure_database(admin_url: str, name: str) -> None:
+    from sqlalchemy import pool, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(admin_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            exists = await connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if not exists:
+                await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m shared.devstack [--fresh] [--data DIR]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="just up", description="Run Relay Shop locally.")
+    parser.add_argument("--fresh", action="store_true", help="wipe the data directory first")
+    parser.add_argument("--data", type=Path, default=Path(".data"), help="data directory (default .data)")
+    args = parser.parse_args(argv)
+    if args.fresh:
+        shutil.rmtree(args.data, ignore_errors=True)
+    return DevStack(args.data, StackPorts.from_environment()).run()
