@@ -77,7 +77,7 @@ async def test_verifier_fetches_unknown_keys_from_the_jwks_url() -> None:
             self.end_headers()
             self.wfile.write(document)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), JwksHandler)

@@ -6,6 +6,10 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import msgspec
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -119,3 +123,32 @@ async def test_service_role_cannot_touch_other_schemas(users_database: str) -> N
 def test_models_all_live_in_the_users_schema() -> None:
     assert {table.schema for table in Base.metadata.tables.values()} == {"users"}
     assert DATABASE.schema == "users"
+
+
+async def test_server_spans_are_named_by_route_template(client: httpx.AsyncClient) -> None:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        await client.get("/users/0190c9f2-0000-7000-8000-000000000000")
+    finally:
+        exporter.shutdown()
+    names = {span.name for span in exporter.get_finished_spans()}
+    assert "GET /users/{user_id}" in names
+    assert not any("0190c9f2" in name for name in names)
+
+
+async def test_cors_allows_only_configured_origins(users_settings: UsersSettings) -> None:
+    settings = msgspec.structs.replace(users_settings, cors_allow_origins=("https://shop.example",))
+    async with serve_app(create_app(settings)) as client:
+        allowed = await client.options(
+            "/auth/login",
+            headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},
+        )
+        refused = await client.options(
+            "/auth/login",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+    assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
+    assert "access-control-allow-origin" not in refused.headers

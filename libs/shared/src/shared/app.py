@@ -22,7 +22,7 @@ from shared.db import ServiceDatabase, alchemy_config
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
 from shared.health import ReadinessCheck, create_health_controller
-from shared.telemetry import configure_logging, configure_tracing, name_span_by_route
+from shared.telemetry import RouteSpanNameMiddleware, configure_logging, configure_tracing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -163,8 +163,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                 OpenTelemetryConfig(exclude=list(_UNAUTHENTICATED_PATHS), exclude_spans=["send", "receive"])
             ),
         ],
-        middleware=[prometheus.middleware, AuthenticationMiddleware(verifier)],
-        before_request=name_span_by_route,
+        middleware=[RouteSpanNameMiddleware(), prometheus.middleware, AuthenticationMiddleware(verifier)],
         exception_handlers=exception_handlers(),
         lifespan=[connections],
         on_startup=list(app_config.on_startup),

@@ -12,6 +12,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -20,10 +22,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from litestar import Request
+    from litestar.types import ASGIApp, Receive, Scope, Send
     from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ("add_trace_ids", "configure_logging", "configure_tracing", "name_span_by_route")
+__all__ = ("RouteSpanNameMiddleware", "add_trace_ids", "configure_logging", "configure_tracing")
 
 _configured_service: str | None = None
 
@@ -47,14 +49,23 @@ def configure_tracing(service_name: str, environ: Mapping[str, str] | None = Non
     _configured_service = service_name
 
 
-async def name_span_by_route(request: Request[Any, Any, Any]) -> None:
-    """Name the server span ``GET /orders/{order_id}``, not the raw path, to keep cardinality low."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    template = request.scope.get("path_template") or request.url.path
-    span.update_name(f"{request.method} {template}")
-    span.set_attribute("http.route", template)
+class RouteSpanNameMiddleware(ASGIMiddleware):
+    """Name the server span ``GET /orders/{order_id}``, not the raw path, to keep cardinality low.
+
+    A middleware rather than a ``before_request`` hook, so that answers from guards and
+    authentication (401, 403) are named by their route too.
+    """
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        """Rename the current span, then call the next app."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            template = scope.get("path_template") or scope["path"]
+            span.update_name(f"{scope.get('method', 'GET')} {template}")
+            span.set_attribute("http.route", template)
+        await next_app(scope, receive, send)
 
 
 def add_trace_ids(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
