@@ -22,7 +22,7 @@ test *args: lint
 lint:
     ruff check .
     ruff format --check .
-    mypy libs services tests bench scripts conftest.py
+    mypy libs services tests scripts conftest.py
 
 # format and fix what ruff can
 fmt:
