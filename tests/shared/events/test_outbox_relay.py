@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import func, select
+
+from shared.events.contracts import decode_event
+from shared.events.outbox import Outbox, OutboxRelay
+from shared.events.streams import ensure_streams
+from tests.shared.events.conftest import TABLES
+from tests.shared.events.helpers import add_events, eventually, registered, unpublished
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.js.client import JetStreamContext
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from shared.devstack.servers import NatsServer
+
+
+def relay_for(engine: AsyncEngine, js: JetStreamContext, **options: object) -> OutboxRelay:
+    return OutboxRelay(engine=engine, tables=TABLES, js=js, service="users", poll_interval=0.5, **options)  # type: ignore[arg-type]
+
+
+async def stream_messages(js: JetStreamContext, stream: str = "USERS") -> int:
+    return int((await js.stream_info(stream)).state.messages)
+
+
+async def test_event_commits_with_its_change_and_vanishes_with_a_rollback(
+    lab_sessions: async_sessionmaker[AsyncSession], lab_outbox: Outbox, lab_engine: AsyncEngine
+) -> None:
+    async with lab_sessions() as session, session.begin():
+        await lab_outbox.add(session, registered(), sequence=1)
+    with pytest.raises(RuntimeError, match="the change failed"):
+        async with lab_sessions() as session, session.begin():
+            await lab_outbox.add(session, registered(), sequence=1)
+            raise RuntimeError("the change failed")
+    assert await unpublished(lab_engine) == 1
+
+
+async def test_relay_publishes_with_the_event_id_as_message_id(
+    lab_sessions: async_sessionmaker[AsyncSession],
+    lab_outbox: Outbox,
+    lab_engine: AsyncEngine,
+    jetstream: JetStreamContext,
+) -> None:
+    [event_id] = await add_events(lab_sessions, lab_outbox, 1)
+    assert await relay_for(lab_engine, jetstream).relay_once() == (1, 0)
+    message = await jetstream.get_msg("USERS", seq=1)
+    assert message.headers is not None
+    assert message.headers["Nats-Msg-Id"] == event_id
+    assert decode_event(message.data or b"").envelope.id == event_id
+    assert await unpublished(lab_engine) == 0
+
+
+async def test_three_concurrent_relays_publish_each_event_once(
+    lab_sessions: async_sessionmaker[AsyncSession],
+    lab_outbox: Outbox,
+    lab_engine: AsyncEngine,
+    jetstream: JetStreamContext,
+) -> None:
+    for _ in range(6):
+        await add_events(lab_sessions, lab_outbox, 50)
+    stop = asyncio.Event()
+    relays = [asyncio.create_task(relay_for(lab_engine, jetstream, batch_size=20).run(stop)) for _ in range(3)]
+    try:
+        await eventually(lambda: _is_zero(unpublished(lab_engine)), what="empty outbox")
+    finally:
+        stop.set()
+        await asyncio.gather(*relays)
+    assert await stream_messages(jetstream) == 300
+    seen = set()
+    for sequence in range(1, 301):
+        message = await jetstream.get_msg("USERS", seq=sequence)
+        seen.add(decode_event(message.data or b"").envelope.id)
+    assert len(seen) == 300
+
+
+async def test_relay_keeps_events_while_nats_is_down_and_delivers_all_after_restart(
+    lab_sessions: async_sessionmaker[AsyncSession],
+    lab_outbox: Outbox,
+    lab_engine: AsyncEngine,
+    jetstream: JetStreamContext,
+    nats_server: NatsServer,
+    nats_client: NatsClient,
+) -> None:
+    stop = asyncio.Event()
+    relay = asyncio.create_task(relay_for(lab_engine, jetstream, publish_timeout=1.0).run(stop))
+    try:
+        await add_events(lab_sessions, lab_outbox, 40)
+        await eventually(lambda: _is_zero(unpublished(lab_engine)), what="first batch published")
+        nats_server.stop()
+        for _ in range(4):
+            await add_events(lab_sessions, lab_outbox, 25)
+            await asyncio.sleep(0.3)
+        assert await unpublished(lab_engine) > 0  # nothing could leave while NATS was down
+        nats_server.start()
+        await add_events(lab_sessions, lab_outbox, 20)
+        await eventually(lambda: _is_zero(unpublished(lab_engine)), timeout=60, what="backlog drained after restart")
+    finally:
+        stop.set()
+        await relay
+    assert nats_client.is_connected
+    assert await stream_messages(jetstream) == 160
+
+
+async def test_failed_publish_is_recorded_and_retried(
+    lab_sessions: async_sessionmaker[AsyncSession],
+    lab_outbox: Outbox,
+    lab_engine: AsyncEngine,
+    jetstream: JetStreamContext,
+) -> None:
+    await add_events(lab_sessions, lab_outbox, 2)
+    await jetstream.delete_stream("USERS")  # no stream takes users.> any more
+    recreated = asyncio.Event()
+
+    async def recreate() -> None:
+        await ensure_streams(jetstream, duplicate_window_seconds=120, max_age_seconds=3600)
+        recreated.set()
+
+    relay = relay_for(lab_engine, jetstream, publish_timeout=1.0, on_missing_stream=recreate)
+    assert await relay.relay_once() == (0, 2)
+    assert recreated.is_set()
+    async with lab_engine.connect() as connection:
+        attempts = await connection.scalar(select(func.min(TABLES.outbox.c.attempts)))
+    assert attempts == 1
+    assert await relay.relay_once() == (2, 0)
+    assert await stream_messages(jetstream) == 2
+
+
+async def test_status_reports_backlog_and_prunes_old_published_rows(
+    lab_sessions: async_sessionmaker[AsyncSession],
+    lab_outbox: Outbox,
+    lab_engine: AsyncEngine,
+    jetstream: JetStreamContext,
+) -> None:
+    await add_events(lab_sessions, lab_outbox, 3)
+    relay = relay_for(lab_engine, jetstream, batch_size=2, retention_seconds=0)
+    assert (await relay.status()).backlog == 3
+    await relay.relay_once()
+    status = await relay.status()
+    assert status.backlog == 1
+    assert status.oldest_age_seconds >= 0
+    await relay.housekeeping()  # retention 0: every published row goes
+    async with lab_engine.connect() as connection:
+        assert await connection.scalar(select(func.count()).select_from(TABLES.outbox)) == 1
+
+
+async def _is_zero(count: object) -> bool:
+    return await count == 0  # type: ignore[misc]
