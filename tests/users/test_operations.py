@@ -99,7 +99,7 @@ async def test_migrations_reach_head_and_match_the_models(postgres_server: Postg
             owner = await connection.scalar(
                 text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'users'")
             )
-        assert tables == {"alembic_version", "user_account", "refresh_token", "login_throttle"}
+        assert tables == {"alembic_version", "user_account", "refresh_token", "login_throttle", "outbox", "inbox"}
         assert owner == "users"
     finally:
         await engine.dispose()

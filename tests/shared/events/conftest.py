@@ -5,26 +5,20 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-import nats
 import pytest
-from nats.js.errors import NotFoundError
 from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, pool
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from shared.db import provision_service_role
 from shared.events.outbox import Outbox
-from shared.events.streams import STREAMS, ensure_streams
 from shared.events.tables import EventTables, define_event_tables
 from shared.testing import truncate_schema
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from nats.aio.client import Client as NatsClient
-    from nats.js.client import JetStreamContext
-
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from shared.devstack.servers import PostgresServer
 
 LAB = "eventlab"
 metadata = MetaData(schema=LAB)
@@ -75,28 +69,3 @@ def lab_sessions(lab_engine: AsyncEngine) -> async_sessionmaker:  # type: ignore
 @pytest.fixture
 def lab_outbox() -> Outbox:
     return Outbox(TABLES, source="users")
-
-
-@pytest.fixture
-async def nats_client(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
-    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def jetstream(nats_client: NatsClient) -> AsyncIterator[JetStreamContext]:
-    """JetStream with every stream freshly created (and removed again after the test)."""
-    js = nats_client.jetstream()
-    await _delete_streams(js)
-    await ensure_streams(js, duplicate_window_seconds=120, max_age_seconds=3600)
-    yield js
-    await _delete_streams(js)
-
-
-async def _delete_streams(js: JetStreamContext) -> None:
-    for spec in STREAMS:
-        try:
-            await js.delete_stream(spec.name)
-        except NotFoundError:
-            pass

@@ -33,10 +33,10 @@ async def unpublished(engine: AsyncEngine) -> int:
         return int(await connection.scalar(query) or 0)
 
 
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if await condition():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {timeout}s")
+    raise AssertionError(f"{what} not reached within {within}s")

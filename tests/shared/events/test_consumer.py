@@ -65,11 +65,11 @@ def consumer(
     return EventConsumer(spec=SPEC, handlers=handlers, session_maker=sessions, tables=TABLES, js=js, fetch_timeout=0.3)
 
 
-async def run_until(runner: EventConsumer, condition: object, timeout: float = 20.0) -> None:
+async def run_until(runner: EventConsumer, condition: object, within: float = 20.0) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await eventually(condition, timeout=timeout)  # type: ignore[arg-type]
+        await eventually(condition, within=within)  # type: ignore[arg-type]
     finally:
         stop.set()
         await task
@@ -175,7 +175,7 @@ async def _consumer_drained(js: JetStreamContext) -> bool:
         info = await js.consumer_info(SPEC.stream, SPEC.durable)
     except NotFoundError:
         return False
-    return info.num_pending == 0 and info.num_ack_pending == 0
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
 async def _effects_at_least(engine: AsyncEngine, count: int) -> bool:

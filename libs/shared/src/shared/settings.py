@@ -63,6 +63,20 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     """PEM public key(s) that verify access tokens (several may be concatenated for rotation)."""
     jwks_url: str = ""
     """Where to fetch the issuer's JWKS when no public key is configured."""
+    worker_health_host: str = "127.0.0.1"
+    """Address of the worker's health and metrics endpoint."""
+    worker_health_port: int = 9000
+    """Port of the worker's ``/health/live``, ``/health/ready`` and ``/metrics``; 0 turns it off."""
+    events_duplicate_window_seconds: float = 120.0
+    """How long JetStream remembers message ids to drop duplicates (covers relay retries)."""
+    events_max_age_seconds: float = 7 * 86_400.0
+    """How long streams keep events."""
+    events_stream_replicas: int = 1
+    """Replicas of each stream (3 on a 3-node JetStream cluster)."""
+    outbox_poll_seconds: float = 2.0
+    """How often the relay looks at the outbox when no NOTIFY woke it."""
+    outbox_retention_seconds: float = 86_400.0
+    """How long published outbox rows are kept (for inspection) before they are pruned."""
 
 
 def load_settings(

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.app import ServiceApp, create_service_app
 from shared.auth import AccessTokenSigner, TokenVerifier
 from shared.db import ServiceDatabase
-from users.models import Base
+from shared.events.outbox import Outbox
+from users.models import EVENT_TABLES, Base
 from users.routes import AdminUserController, AuthController, KeysController, ProfileController
 from users.service import PasswordHasher, UserService
 from users.settings import UsersSettings, load_users_settings
@@ -39,10 +40,12 @@ def create_app(settings: UsersSettings | None = None, *, null_pool: bool = False
     """Build the users app (granian calls this with no arguments: settings come from ``USERS_*``)."""
     settings = settings or load_users_settings()
     signer = create_signer(settings)
-    hasher = PasswordHasher(time_cost=settings.password_hash_time_cost, memory_kib=settings.password_hash_memory_kib)
+    hasher = PasswordHasher.from_settings(settings)
+
+    outbox = Outbox(EVENT_TABLES, source="users")
 
     def provide_users(db_session: NamedDependency[AsyncSession]) -> UserService:
-        return UserService(session=db_session, settings=settings, signer=signer, hasher=hasher)
+        return UserService(session=db_session, settings=settings, signer=signer, hasher=hasher, outbox=outbox)
 
     return create_service_app(
         ServiceApp(

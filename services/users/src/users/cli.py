@@ -9,13 +9,22 @@ from sqlalchemy import pool
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from shared.cli import service_cli
+from shared.events.outbox import Outbox
 from users.app import DATABASE, create_signer
+from users.models import EVENT_TABLES
 from users.service import PasswordHasher, UserService
 from users.settings import UsersSettings, load_users_settings
+from users.worker import worker_plan
 
 __all__ = ("main",)
 
-main = service_cli("users", app_factory="users.app:create_app", database=DATABASE, load_settings=load_users_settings)
+main = service_cli(
+    "users",
+    app_factory="users.app:create_app",
+    database=DATABASE,
+    load_settings=load_users_settings,
+    worker_plan=worker_plan,
+)
 
 
 async def create_admin_account(
@@ -29,9 +38,8 @@ async def create_admin_account(
                 session=session,
                 settings=settings,
                 signer=create_signer(settings),
-                hasher=PasswordHasher(
-                    time_cost=settings.password_hash_time_cost, memory_kib=settings.password_hash_memory_kib
-                ),
+                hasher=PasswordHasher.from_settings(settings),
+                outbox=Outbox(EVENT_TABLES, source="users"),
             )
             account, created = await users.create_admin(email=email, password=password, display_name=display_name)
             return str(account.id), created

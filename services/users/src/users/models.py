@@ -12,8 +12,9 @@ from sqlalchemy import ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import schema_registry
+from shared.events.tables import define_event_tables
 
-__all__ = ("SCHEMA", "Base", "LoginThrottle", "RefreshToken", "User")
+__all__ = ("EVENT_TABLES", "SCHEMA", "Base", "LoginThrottle", "RefreshToken", "User")
 
 SCHEMA = "users"
 
@@ -66,3 +67,7 @@ class LoginThrottle(Base):
     key: Mapped[str] = mapped_column(String(254), primary_key=True)
     window_start: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
+
+
+EVENT_TABLES = define_event_tables(Base.metadata)
+"""The outbox users publishes through, and the inbox (unused: users consumes no events yet)."""

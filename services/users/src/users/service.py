@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
 from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unprocessable
+from users.events import UserEventKind, user_event
 from users.models import LoginThrottle, RefreshToken, User
 from users.schemas import TokenPair, UserOut, UserPage
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from shared.auth import AccessTokenSigner, Principal
+    from shared.events.outbox import Outbox
     from users.schemas import AdminUserUpdate, ProfileUpdate, RegisterUser
     from users.settings import UsersSettings
 
@@ -60,6 +62,11 @@ class PasswordHasher:
     def __init__(self, *, time_cost: int, memory_kib: int) -> None:
         self._argon2 = Argon2Hasher(time_cost=time_cost, memory_cost=memory_kib)
 
+    @classmethod
+    def from_settings(cls, settings: UsersSettings) -> PasswordHasher:
+        """The hasher with the configured argon2 costs."""
+        return cls(time_cost=settings.password_hash_time_cost, memory_kib=settings.password_hash_memory_kib)
+
     @cached_property
     def _dummy_hash(self) -> str:
         return self._argon2.hash(secrets.token_urlsafe(16))
@@ -90,12 +97,19 @@ class UserService:
     """Everything that changes or reveals an account goes through here, in one transaction per call."""
 
     def __init__(
-        self, *, session: AsyncSession, settings: UsersSettings, signer: AccessTokenSigner, hasher: PasswordHasher
+        self,
+        *,
+        session: AsyncSession,
+        settings: UsersSettings,
+        signer: AccessTokenSigner,
+        hasher: PasswordHasher,
+        outbox: Outbox,
     ) -> None:
         self.session = session
         self.settings = settings
         self.signer = signer
         self.hasher = hasher
+        self.outbox = outbox
 
     @cached_property
     def repository(self) -> UserRepository:
@@ -313,8 +327,9 @@ class UserService:
         await self._revoke_all_tokens(user.id, now)
         await self._record_event("deactivated", user)
 
-    async def _record_event(self, kind: str, user: User) -> None:
-        """The seam for events: ``users.user.<kind>`` joins this same transaction through the outbox."""
+    async def _record_event(self, kind: UserEventKind, user: User) -> None:
+        """``users.user.<kind>`` joins this same transaction through the outbox."""
+        await self.outbox.add(self.session, user_event(kind, user), sequence=user.version)
 
     async def _active_for_update(self, user_id: uuid.UUID) -> User:
         user = await self.session.scalar(select(User).where(User.id == user_id).with_for_update())

@@ -159,7 +159,8 @@ class EventConsumer:
                 except (ServiceUnavailableError, NotFoundError) as error:
                     # The server lost the consumer (or its stream): re-create it, without spinning.
                     log.warning("consumer missing; re-creating", consumer=self.spec.durable, error=repr(error))
-                    subscription = await _unsubscribe(subscription)
+                    await _unsubscribe(subscription)
+                    subscription = None
                     failures += 1
                     await _pause(stop, min(0.5 * failures, 5.0))
                     continue

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from shared.events.contracts import Envelope, EventPayload
     from shared.events.tables import EventTables
 
-__all__ = ("Outbox", "OutboxRelay", "OutboxStatus", "messaging_attributes")
+__all__ = ("Outbox", "OutboxRelay", "OutboxStatus", "messaging_attributes", "outbox_status")
 
 log = structlog.get_logger("shared.events.relay")
 tracer = trace.get_tracer("shared.events")
@@ -94,6 +94,17 @@ class OutboxStatus:
         self.oldest_age_seconds = oldest_age_seconds
 
 
+async def outbox_status(engine: AsyncEngine, tables: EventTables) -> OutboxStatus:
+    """How many events wait in a service's outbox, and how long the oldest has waited."""
+    outbox = tables.outbox
+    query = select(
+        func.count(), func.coalesce(func.extract("epoch", func.now() - func.min(outbox.c.created_at)), 0)
+    ).where(outbox.c.published_at.is_(None))
+    async with engine.connect() as connection:
+        backlog, age = (await connection.execute(query)).one()
+    return OutboxStatus(int(backlog), float(age))
+
+
 class OutboxRelay:
     """Publishes a service's outbox to JetStream. Safe to run in any number of replicas.
 
@@ -149,9 +160,6 @@ class OutboxRelay:
             .where(outbox.c.id.in_(bindparam("ids", expanding=True)))
             .values(attempts=outbox.c.attempts + 1, last_error=bindparam("error"))
         )
-        self._status = select(
-            func.count(), func.coalesce(func.extract("epoch", func.now() - func.min(outbox.c.created_at)), 0)
-        ).where(outbox.c.published_at.is_(None))
         self._prune = outbox.delete().where(outbox.c.published_at < bindparam("cutoff"))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -235,9 +243,7 @@ class OutboxRelay:
 
     async def status(self) -> OutboxStatus:
         """The backlog and the age of its oldest event."""
-        async with self.engine.connect() as connection:
-            backlog, age = (await connection.execute(self._status)).one()
-        return OutboxStatus(int(backlog), float(age))
+        return await outbox_status(self.engine, self.tables)
 
     async def housekeeping(self) -> None:
         """Update the backlog gauges and prune published rows past their retention."""
@@ -257,7 +263,7 @@ class OutboxRelay:
             closed = asyncio.Event()
             try:
                 connection = await asyncpg.connect(dsn, timeout=5)
-                connection.add_termination_listener(lambda _connection: closed.set())
+                connection.add_termination_listener(lambda _connection, closed=closed: closed.set())
                 await connection.add_listener(self.tables.notify_channel, lambda *_: self._wake.set())
                 self._wake.set()  # events may have committed while nobody listened
                 await _wait_any(stop, closed, None)

@@ -26,10 +26,10 @@ async def upsert_if_newer(
         Whether the row changed.
     """
     row = {**key, **values, "sequence": sequence}
-    statement = insert(table).values(row)
-    statement = statement.on_conflict_do_update(
+    insert_row = insert(table).values(row)
+    upsert = insert_row.on_conflict_do_update(
         index_elements=list(key),
-        set_={name: statement.excluded[name] for name in [*values, "sequence"]},
-        where=table.c.sequence < statement.excluded.sequence,
+        set_={name: insert_row.excluded[name] for name in [*values, "sequence"]},
+        where=table.c.sequence < insert_row.excluded.sequence,
     ).returning(table.c.sequence)
-    return (await session.execute(statement)).first() is not None
+    return (await session.execute(upsert)).first() is not None

@@ -6,20 +6,35 @@ die with it if it is killed. They run under a temporary directory that is remove
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from shared.auth import AccessTokenSigner, generate_private_key_pem
 from shared.devstack.servers import NatsServer, PostgresServer
+from shared.events.streams import STREAMS, ensure_streams
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
-__all__ = ("access_token_signer", "infra_root", "nats_server", "postgres_server", "private_key_pem")
+    from nats.aio.client import Client as NatsClient
+    from nats.js.client import JetStreamContext
+
+__all__ = (
+    "access_token_signer",
+    "infra_root",
+    "jetstream",
+    "nats_client",
+    "nats_server",
+    "postgres_server",
+    "private_key_pem",
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +74,27 @@ def private_key_pem() -> str:
 def access_token_signer(private_key_pem: str) -> AccessTokenSigner:
     """Signs access tokens for any service's tests, accepted by every audience."""
     return AccessTokenSigner(private_key_pem, issuer="users", audiences=["users", "orders", "notify"], ttl_seconds=900)
+
+
+@pytest.fixture
+async def nats_client(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    """A client of the session's NATS that reconnects without end (tests restart the server)."""
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def jetstream(nats_client: NatsClient) -> AsyncIterator[JetStreamContext]:
+    """JetStream with every stream created afresh for the test, and removed (with consumers) after it."""
+    js = nats_client.jetstream()
+    await _delete_streams(js)
+    await ensure_streams(js, duplicate_window_seconds=120, max_age_seconds=3600)
+    yield js
+    await _delete_streams(js)
+
+
+async def _delete_streams(js: JetStreamContext) -> None:
+    for spec in STREAMS:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(spec.name)
