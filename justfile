@@ -24,6 +24,10 @@ lint:
     ruff format --check .
     mypy libs services tests scripts conftest.py
 
+# regenerate docs/asyncapi.json from the event contracts (refuses changes that break a published version)
+asyncapi:
+    python -m shared.events.asyncapi
+
 # format and fix what ruff can
 fmt:
     ruff format .

@@ -1,4 +1,4 @@
-"""``just up`` starts Postgres, NATS and the services, serves them, and stops everything on SIGINT."""
+"""``just up`` starts Postgres, NATS (with per-service users) and the services, and stops all on SIGINT."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def _children_of(pid: int) -> set[int]:
     return found
 
 
-def test_up_serves_users_with_docs_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("POSTGRES", "NATS", "NATS_MONITOR", "USERS")}
+def test_up_serves_users_api_and_worker_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("POSTGRES", "NATS", "NATS_MONITOR", "USERS", "USERS_WORKER")}
     env = os.environ | {f"RELAY_{name}_PORT": str(port) for name, port in ports.items()}
     stack = subprocess.Popen(
         [sys.executable, "-m", "shared.devstack", "--data", str(tmp_path / "data")],
@@ -59,6 +59,9 @@ def test_up_serves_users_with_docs_and_stops_everything_on_ctrl_c(tmp_path: Path
         with urllib.request.urlopen(f"{base}/docs/openapi.json", timeout=5) as response:
             assert "/auth/register" in json.load(response)["paths"]
         with urllib.request.urlopen(f"{base}/health/ready", timeout=5) as response:
+            assert json.load(response)["checks"] == {"database": "ok", "nats": "ok"}
+        worker = f"http://127.0.0.1:{ports['USERS_WORKER']}"
+        with urllib.request.urlopen(f"{worker}/health/ready", timeout=5) as response:
             assert json.load(response)["checks"] == {"database": "ok", "nats": "ok"}
     finally:
         stack.send_signal(signal.SIGINT)

@@ -21,6 +21,7 @@ from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_key
 from shared.db import ServiceDatabase, alchemy_config
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
+from shared.events.permissions import inbox_prefix
 from shared.health import ReadinessCheck, create_health_controller
 from shared.telemetry import RouteSpanNameMiddleware, configure_logging, configure_tracing
 
@@ -123,6 +124,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                     name=f"{app_config.name}-api",
                     user=settings.nats_user,
                     password=settings.nats_password,
+                    inbox_prefix=inbox_prefix(app_config.name),
                 )
                 runtime["nats"] = app.state.nats = connection
             yield

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from shared.events.connection import connect_nats
 from shared.events.consumer import EventConsumer
 from shared.events.outbox import Outbox, OutboxRelay
+from shared.events.permissions import inbox_prefix
 from shared.events.streams import DLQ_STREAM, STREAMS, ensure_streams
 from shared.health import run_checks
 from shared.telemetry import configure_logging, configure_tracing
@@ -95,6 +96,7 @@ class Worker:
             name=f"{self.plan.service}-worker",
             user=settings.nats_user,
             password=settings.nats_password,
+            inbox_prefix=inbox_prefix(self.plan.service),
         )
         js = self.nats.jetstream()
         await self.ensure_streams(js)

@@ -25,6 +25,7 @@ from typing import IO, TYPE_CHECKING
 from shared.auth import generate_private_key_pem
 from shared.db import provision_service_role
 from shared.devstack.servers import NatsServer, PostgresServer, die_with_parent
+from shared.events.permissions import nats_authorization
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,6 +43,7 @@ class StackPorts:
     nats: int = 4333
     nats_monitor: int = 8333
     users: int = 8001
+    users_worker: int = 9001
 
     @classmethod
     def from_environment(cls) -> StackPorts:
@@ -104,8 +106,14 @@ class DevStack:
         self.ports = ports
         self.output = output
         self.postgres = PostgresServer(self.root / "postgres", port=ports.postgres, durable=True)
-        self.nats = NatsServer(self.root / "nats", port=ports.nats, monitor_port=ports.nats_monitor)
         self.processes: list[ServiceProcess] = []
+        self.stored = self.secrets()
+        self.nats = NatsServer(
+            self.root / "nats",
+            port=ports.nats,
+            monitor_port=ports.nats_monitor,
+            config=nats_authorization({"users": self.stored["users_nats_password"]}),
+        )
 
     def say(self, message: str) -> None:
         """A line from the supervisor itself."""
@@ -115,13 +123,18 @@ class DevStack:
     def secrets(self) -> dict[str, str]:
         """Role passwords and the users signing key, made once and kept in ``.data/``."""
         path = self.root / "secrets.json"
-        if path.exists():
-            stored: dict[str, str] = json.loads(path.read_text())
-            return stored
-        values = {"users_db_password": secrets.token_urlsafe(16), "users_jwt_private_key": generate_private_key_pem()}
-        path.write_text(json.dumps(values, indent=2))
-        path.chmod(0o600)
-        return values
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        wanted = {
+            "users_db_password": lambda: secrets.token_urlsafe(16),
+            "users_nats_password": lambda: secrets.token_urlsafe(16),
+            "users_jwt_private_key": generate_private_key_pem,
+        }
+        missing = {name: make() for name, make in wanted.items() if name not in stored}
+        if missing:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(stored | missing, indent=2))
+            path.chmod(0o600)
+        return stored | missing
 
     def service_env(self, database_url: str, stored: dict[str, str]) -> dict[str, str]:
         """The environment of the users processes."""
@@ -129,6 +142,9 @@ class DevStack:
         return base | {
             "USERS_DATABASE_URL": database_url,
             "USERS_NATS_URL": self.nats.url,
+            "USERS_NATS_USER": "users",
+            "USERS_NATS_PASSWORD": stored["users_nats_password"],
+            "USERS_WORKER_HEALTH_PORT": str(self.ports.users_worker),
             "USERS_HTTP_HOST": "127.0.0.1",
             "USERS_HTTP_PORT": str(self.ports.users),
             "USERS_JWT_PRIVATE_KEY": stored["users_jwt_private_key"],
@@ -148,16 +164,18 @@ class DevStack:
             self.postgres.start()
             self.say(f"nats on 127.0.0.1:{self.ports.nats}")
             self.nats.start()
-            stored = self.secrets()
+            stored = self.stored
             database_url = asyncio.run(self._provision(stored))
             env = self.service_env(database_url, stored)
             bin_dir = Path(sys.executable).parent
             self.say("migrating users")
             subprocess.run([str(bin_dir / "users"), "migrate"], env=env, check=True)  # noqa: S603
-            api = ServiceProcess("users-api", [str(bin_dir / "users"), "api"], env)
-            api.start(self.output)
-            self.processes.append(api)
+            for role in ("api", "worker"):
+                process = ServiceProcess(f"users-{role}", [str(bin_dir / "users"), role], env)
+                process.start(self.output)
+                self.processes.append(process)
             self._wait_ready(f"http://127.0.0.1:{self.ports.users}/health/ready", stopping)
+            self._wait_ready(f"http://127.0.0.1:{self.ports.users_worker}/health/ready", stopping)
             self._print_urls(time.monotonic() - started)
             while not stopping.wait(0.5):
                 for process in self.processes:
@@ -198,6 +216,7 @@ class DevStack:
         rows = [
             ("users API", users),
             ("users docs", f"{users}/docs"),
+            ("users worker", f"http://127.0.0.1:{self.ports.users_worker}/health/ready"),
             ("postgres", f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/{DATABASE}"),
             ("nats", self.nats.url),
         ]

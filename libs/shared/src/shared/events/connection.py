@@ -11,7 +11,12 @@ import structlog
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
 
-__all__ = ("connect_nats",)
+__all__ = ("NatsUnavailableError", "connect_nats")
+
+
+class NatsUnavailableError(ConnectionError):
+    """NATS could not be reached (or refused us) at start-up."""
+
 
 log = structlog.get_logger("shared.events")
 
@@ -22,6 +27,7 @@ async def connect_nats(
     name: str,
     user: str = "",
     password: str = "",
+    inbox_prefix: str = "_INBOX",
     connect_timeout: float = 10.0,
 ) -> NatsClient:
     """Connect to NATS, giving up after ``connect_timeout`` when the server is down at start.
@@ -30,7 +36,10 @@ async def connect_nats(
     After the first connect, the client reconnects without end and buffers publishes meanwhile.
     """
 
+    errors: list[str] = []
+
     async def on_error(error: Exception) -> None:
+        errors.append(str(error))
         log.warning("nats error", error=str(error))
 
     async def on_disconnected() -> None:
@@ -39,19 +48,25 @@ async def connect_nats(
     async def on_reconnected() -> None:
         log.info("nats reconnected")
 
-    return await asyncio.wait_for(
-        nats.connect(
-            servers=[server.strip() for server in servers.split(",") if server.strip()],
-            name=name,
-            user=user or None,
-            password=password or None,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            ping_interval=10,
-            max_outstanding_pings=3,
-            error_cb=on_error,
-            disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        ),
-        timeout=connect_timeout,
-    )
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=[server.strip() for server in servers.split(",") if server.strip()],
+                name=name,
+                user=user or None,
+                password=password or None,
+                inbox_prefix=inbox_prefix,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                ping_interval=10,
+                max_outstanding_pings=3,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            ),
+            timeout=connect_timeout,
+        )
+    except TimeoutError as error:
+        # With endless reconnects a refused password looks like a hang: name the last error seen.
+        reason = errors[-1] if errors else "no answer"
+        raise NatsUnavailableError(f"could not connect to NATS at {servers} in {connect_timeout}s: {reason}") from error

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
 from uuid_utils.compat import uuid7
@@ -197,7 +197,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     subject: str
     """The aggregate's id."""
-    time: datetime.datetime
+    time: Annotated[datetime.datetime, msgspec.Meta(tz=True)]
+    """When the change happened (RFC 3339, always with a zone)."""
     dataschema: str
     """Names the payload's type and version."""
     sequence: int
