@@ -35,7 +35,6 @@ async def connect_nats(
     With ``max_reconnect_attempts=-1`` nats-py would otherwise block forever on a dead server.
     After the first connect, the client reconnects without end and buffers publishes meanwhile.
     """
-
     errors: list[str] = []
 
     async def on_error(error: Exception) -> None:
