@@ -22,11 +22,15 @@ test *args: lint
 lint:
     ruff check .
     ruff format --check .
-    mypy libs services tests scripts conftest.py
+    mypy libs services tests scripts bench conftest.py
 
 # regenerate docs/asyncapi.json from the event contracts (refuses changes that break a published version)
 asyncapi:
     python -m shared.events.asyncapi
+
+# benchmarks: the event pipeline against direct publish/consume, measured in the same run (~30 s)
+bench *args:
+    python bench/events_pipeline.py {{args}}
 
 # format and fix what ruff can
 fmt:

@@ -184,3 +184,22 @@ async def _effects_at_least(engine: AsyncEngine, count: int) -> bool:
 
 async def _dead_letters(dead_letters: DeadLetters, count: int) -> bool:
     return len(await dead_letters.list()) >= count
+
+
+async def test_consumer_recreates_its_durable_when_the_server_lost_it(
+    jetstream: JetStreamContext, lab_sessions: async_sessionmaker[AsyncSession], lab_engine: AsyncEngine
+) -> None:
+    handlers, _ = recording_handlers()
+    runner = consumer(jetstream, lab_sessions, handlers)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    try:
+        await publish(jetstream, registered(1))
+        await eventually(lambda: _effects_at_least(lab_engine, 1), what="first event")
+        await jetstream.delete_consumer(SPEC.stream, SPEC.durable)
+        await publish(jetstream, registered(2))
+        await eventually(lambda: _effects_at_least(lab_engine, 2), what="event after the consumer was lost")
+    finally:
+        stop.set()
+        await task
+    assert await count_effects(lab_engine) == 2

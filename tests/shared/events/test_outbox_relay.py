@@ -4,6 +4,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from shared.events.contracts import decode_event
 from shared.events.outbox import Outbox, OutboxRelay
@@ -14,9 +15,9 @@ from tests.shared.events.helpers import add_events, eventually, registered, unpu
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient
     from nats.js.client import JetStreamContext
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-    from shared.devstack.servers import NatsServer
+    from shared.devstack.servers import NatsServer, PostgresServer
 
 
 def relay_for(engine: AsyncEngine, js: JetStreamContext, **options: object) -> OutboxRelay:
@@ -148,3 +149,26 @@ async def test_status_reports_backlog_and_prunes_old_published_rows(
 
 async def _outbox_empty(engine: AsyncEngine) -> bool:
     return await unpublished(engine) == 0
+
+
+async def test_relay_survives_a_postgres_restart(
+    lab_database_url: str,
+    lab_outbox: Outbox,
+    jetstream: JetStreamContext,
+    postgres_server: PostgresServer,
+) -> None:
+    engine = create_async_engine(lab_database_url, pool_pre_ping=True)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    stop = asyncio.Event()
+    relay = asyncio.create_task(relay_for(engine, jetstream).run(stop))
+    try:
+        await add_events(sessions, lab_outbox, 10)
+        await eventually(lambda: _outbox_empty(engine), what="published before the restart")
+        postgres_server.restart()
+        await add_events(sessions, lab_outbox, 10)
+        await eventually(lambda: _outbox_empty(engine), within=30, what="published after the restart")
+    finally:
+        stop.set()
+        await relay
+        await engine.dispose()
+    assert await stream_messages(jetstream) == 20

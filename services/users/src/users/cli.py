@@ -9,6 +9,7 @@ from sqlalchemy import pool
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from shared.cli import service_cli
+from shared.errors import DomainError
 from shared.events.outbox import Outbox
 from users.app import DATABASE, create_signer
 from users.models import EVENT_TABLES
@@ -53,7 +54,10 @@ async def create_admin_account(
 @click.password_option(help="At least 10 characters; prompted for when not given.")
 def create_admin(email: str, display_name: str, password: str) -> None:
     """Create the first administrator (or promote an existing account). There is no default admin."""
-    account_id, created = asyncio.run(
-        create_admin_account(load_users_settings(), email=email, password=password, display_name=display_name)
-    )
+    try:
+        account_id, created = asyncio.run(
+            create_admin_account(load_users_settings(), email=email, password=password, display_name=display_name)
+        )
+    except DomainError as error:
+        raise click.ClickException(error.detail) from error
     click.echo(f"{'created' if created else 'promoted'} admin {email} ({account_id})")

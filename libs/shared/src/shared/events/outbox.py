@@ -153,7 +153,9 @@ class OutboxRelay:
             .with_for_update(skip_locked=True)
         )
         self._mark_published = (
-            update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(published_at=func.now())
+            update(outbox)
+            .where(outbox.c.id.in_(bindparam("ids", expanding=True)))
+            .values(published_at=func.clock_timestamp())
         )
         self._mark_failed = (
             update(outbox)
@@ -169,6 +171,9 @@ class OutboxRelay:
         last_housekeeping = 0.0
         try:
             while not stop.is_set():
+                # Cleared before the claim, not after it: a NOTIFY for a row committed while this
+                # cycle runs must wake the next one instead of waiting for the poll.
+                self._wake.clear()
                 try:
                     published, failed = await self.relay_once()
                     if time.monotonic() - last_housekeeping > self.poll_interval:
@@ -183,7 +188,6 @@ class OutboxRelay:
                     continue
                 failures = 0
                 if published < self.batch_size:
-                    self._wake.clear()
                     await _wait_any(stop, self._wake, self.poll_interval)
         finally:
             listener.cancel()

@@ -1,0 +1,63 @@
+"""The ``users`` command: create-admin and the events operations."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+from click.testing import CliRunner
+
+from tests.users.conftest import register
+from users.cli import main
+
+if TYPE_CHECKING:
+    import httpx
+
+    from shared.devstack.servers import NatsServer
+    from users.settings import UsersSettings
+
+
+@pytest.fixture
+def users_environment(monkeypatch: pytest.MonkeyPatch, users_settings: UsersSettings, nats_server: NatsServer) -> None:
+    monkeypatch.setenv("USERS_DATABASE_URL", users_settings.database_url)
+    monkeypatch.setenv("USERS_JWT_PRIVATE_KEY", users_settings.jwt_private_key)
+    monkeypatch.setenv("USERS_NATS_URL", nats_server.url)
+    monkeypatch.setenv("USERS_PASSWORD_HASH_TIME_COST", "1")
+    monkeypatch.setenv("USERS_PASSWORD_HASH_MEMORY_KIB", "8192")
+
+
+async def users_command(*args: str, stdin: str | None = None) -> tuple[int, str]:
+    # The commands call asyncio.run themselves: run them off this test's loop.
+    result = await asyncio.to_thread(CliRunner().invoke, main, list(args), input=stdin)
+    return result.exit_code, result.output
+
+
+@pytest.mark.usefixtures("users_environment")
+async def test_events_status_shows_the_outbox_backlog(client: httpx.AsyncClient) -> None:
+    await register(client, "one@example.com")
+    await register(client, "two@example.com")
+    code, output = await users_command("events", "status")
+    assert code == 0, output
+    assert "outbox backlog: 2" in output
+
+
+@pytest.mark.usefixtures("users_environment", "jetstream")
+async def test_dead_letters_lists_none_and_replay_needs_a_sequence() -> None:
+    code, output = await users_command("events", "dead-letters")
+    assert (code, output.strip()) == (0, "0 dead letter(s)")
+    code, output = await users_command("events", "replay")
+    assert code == 2
+    assert "sequence" in output
+
+
+@pytest.mark.usefixtures("users_environment")
+async def test_create_admin_prompts_for_the_password_and_refuses_a_short_one(client: httpx.AsyncClient) -> None:
+    code, output = await users_command(
+        "create-admin", "--email", "boss@example.com", stdin="long enough pw\nlong enough pw\n"
+    )
+    assert code == 0, output
+    assert "created admin boss@example.com" in output
+    code, output = await users_command("create-admin", "--email", "tiny@example.com", stdin="short\nshort\n")
+    assert code == 1
+    assert "at least 10 characters" in output
