@@ -179,7 +179,7 @@ def test_the_stream_owner_sends_and_consumers_whose_filters_match_receive() -> N
         "orders-users-replica",
         "notify-users-replica",
     }
-    assert receivers(document, "users.user.updated.v1", "receive") == {"notify-users-replica"}
+    assert receivers(document, "users.user.updated.v1", "receive") == {"notify-users-replica", "orders-users-replica"}
     assert receivers(document, "orders.order.placed.v1", "send") == {"orders"}
     assert receivers(document, "notify.notification.created.v1", "receive") == set()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from shared.events.streams import CONSUMERS, DLQ_STREAM, STREAMS, dead_letter_subject
+from shared.events.streams import CONSUMERS, DLQ_STREAM, LIVE_NOTIFICATIONS, STREAMS, dead_letter_subject
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,10 +47,11 @@ def service_permissions(service: str) -> dict[str, dict[str, list[str]]]:
             f"$JS.ACK.{stream}.{durable}.>",
             dead_letter_subject(stream, durable),
         ]
-    return {
-        "publish": {"allow": sorted(set(publish))},
-        "subscribe": {"allow": [f"{inbox_prefix(service)}.>"]},
-    }
+    subscribe = [f"{inbox_prefix(service)}.>"]
+    if service == "notify":  # live push fans out over core NATS between notify processes
+        publish.append(f"{LIVE_NOTIFICATIONS}.>")
+        subscribe.append(f"{LIVE_NOTIFICATIONS}.>")
+    return {"publish": {"allow": sorted(set(publish))}, "subscribe": {"allow": subscribe}}
 
 
 def nats_authorization(passwords: Mapping[str, str]) -> str:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "CONSUMERS",
+    "LIVE_NOTIFICATIONS",
     "DLQ_STREAM",
     "STREAMS",
     "ConsumerSpec",
@@ -67,6 +68,10 @@ class ConsumerSpec:
 
 DLQ_STREAM = "DLQ"
 
+LIVE_NOTIFICATIONS = "live.notify"
+"""Core NATS subjects (no stream) ``live.notify.<user_id>`` that fan notifications out to every
+notify process holding a Server-Sent Events connection of that user."""
+
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("USERS", ("users.>",), owner="users"),
     StreamSpec("ORDERS", ("orders.>",), owner="orders"),
@@ -75,7 +80,7 @@ STREAMS: tuple[StreamSpec, ...] = (
 )
 
 CONSUMERS: tuple[ConsumerSpec, ...] = (
-    ConsumerSpec("orders", "users-replica", "USERS", ("users.user.registered", "users.user.deactivated")),
+    ConsumerSpec("orders", "users-replica", "USERS", ("users.user.>",)),
     ConsumerSpec("notify", "users-replica", "USERS", ("users.user.>",)),
     ConsumerSpec("notify", "order-notifications", "ORDERS", ("orders.order.>",)),
 )
