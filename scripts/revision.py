@@ -27,7 +27,7 @@ def main() -> None:
     server = PostgresServer(root / "postgres")
     try:
         server.start()
-        url = asyncio.run(provision_service_role(server.url(), service=service, password="revision"))
+        url = asyncio.run(provision_service_role(server.url(), service=service, password="revision"))  # noqa: S106 - a throwaway server
         database.upgrade(url)
         database.revision(url, message)
     finally:
