@@ -14,7 +14,7 @@ from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.db import provision_service_role
-from shared.testing import serve_app
+from shared.testing import TEST_ROLE_PASSWORD, serve_app
 from users.app import DATABASE, create_app
 from users.models import Base
 
@@ -48,7 +48,7 @@ async def test_ready_is_503_when_migrations_are_behind(
         await connection.execute(text("DROP DATABASE IF EXISTS behind"))
         await connection.execute(text("CREATE DATABASE behind"))
     await admin.dispose()
-    url = await provision_service_role(postgres_server.url("behind"), service="users", password="test-password")
+    url = await provision_service_role(postgres_server.url("behind"), service="users", password=TEST_ROLE_PASSWORD)
     async with serve_app(create_app(msgspec.structs.replace(users_settings, database_url=url))) as client:
         ready = await client.get("/health/ready")
     assert ready.status_code == 503
@@ -86,7 +86,7 @@ async def test_migrations_reach_head_and_match_the_models(postgres_server: Postg
         await connection.execute(text("DROP DATABASE IF EXISTS fresh"))
         await connection.execute(text("CREATE DATABASE fresh"))
     await admin.dispose()
-    url = await provision_service_role(postgres_server.url("fresh"), service="users", password="test-password")
+    url = await provision_service_role(postgres_server.url("fresh"), service="users", password=TEST_ROLE_PASSWORD)
     await asyncio.to_thread(DATABASE.upgrade, url)
     engine = create_async_engine(url, poolclass=pool.NullPool)
     try:

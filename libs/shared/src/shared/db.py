@@ -8,6 +8,7 @@ only that schema. Migrations run as their own step (``<service> migrate``), neve
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from advanced_alchemy.base import create_registry
@@ -26,12 +27,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import registry as orm_registry
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.sql.elements import TextClause
 
 __all__ = (
     "NAMING_CONVENTION",
+    "unit_of_work",
     "VERSION_TABLE",
     "ServiceDatabase",
     "alchemy_config",
@@ -50,6 +54,21 @@ NAMING_CONVENTION = {
 }
 VERSION_TABLE = "alembic_version"
 """Alembic's default name, kept inside each service's schema."""
+
+
+@asynccontextmanager
+async def unit_of_work(session: AsyncSession) -> AsyncIterator[None]:
+    """Commit the work inside, unless an outer owner already holds the transaction.
+
+    A service method used both by a route and by an event handler wraps its work in this: called
+    from a route it commits its own transaction; called from a consumer, whose transaction also
+    holds the inbox row, it joins that transaction and the consumer commits both together.
+    """
+    if session.in_transaction():
+        yield
+        return
+    async with session.begin():
+        yield
 
 
 def schema_registry(schema: str) -> orm_registry:

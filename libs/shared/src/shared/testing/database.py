@@ -14,14 +14,18 @@ if TYPE_CHECKING:
     from shared.db import ServiceDatabase
     from shared.devstack.servers import PostgresServer
 
-__all__ = ("prepare_service_database", "truncate_schema")
+__all__ = ("TEST_ROLE_PASSWORD", "prepare_service_database", "truncate_schema")
+
+TEST_ROLE_PASSWORD = "test-password"  # noqa: S105 - throwaway roles on a throwaway server
+"""Every service role of the test server has this password: roles are cluster-wide, so a test that
+provisions a role again (in another database) must not change it under the other tests' feet."""
 
 
 def prepare_service_database(
     server: PostgresServer,
     database: ServiceDatabase,
     *,
-    password: str = "test-password",  # noqa: S107 - a throwaway role on a throwaway server
+    password: str = TEST_ROLE_PASSWORD,
 ) -> str:
     """Create the service's role and schema as in production, migrate to head, return its URL.
 

@@ -1,0 +1,49 @@
+"""What orders does with users' events: keep its replica, and cancel a deactivated user's open orders."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orders.service import OrderService
+from shared.events.consumer import EventContext, EventHandlers
+from shared.events.contracts import UserDeactivated, UserRegistered, UserUpdated
+
+if TYPE_CHECKING:
+    from orders.settings import OrdersSettings
+    from shared.events.outbox import Outbox
+
+__all__ = ("users_replica_handlers",)
+
+
+def users_replica_handlers(settings: OrdersSettings) -> EventHandlers:
+    """Handlers of the ``orders-users-replica`` consumer."""
+    handlers = EventHandlers()
+
+    def orders(context: EventContext) -> OrderService:
+        outbox: Outbox | None = context.outbox
+        if outbox is None:
+            raise RuntimeError("orders' consumers publish through the outbox")
+        return OrderService(session=context.session, outbox=outbox, settings=settings)
+
+    @handlers.on(UserRegistered)
+    async def remember_registration(event: UserRegistered, context: EventContext) -> None:
+        """A new user can order."""
+        await orders(context).remember_user(
+            event.user_id, email=event.email, is_active=True, sequence=context.envelope.sequence
+        )
+
+    @handlers.on(UserUpdated)
+    async def remember_update(event: UserUpdated, context: EventContext) -> None:
+        """A changed email, or a reactivation, reaches the replica."""
+        await orders(context).remember_user(
+            event.user_id, email=event.email, is_active=event.is_active, sequence=context.envelope.sequence
+        )
+
+    @handlers.on(UserDeactivated)
+    async def cancel_open_orders(event: UserDeactivated, context: EventContext) -> None:
+        """A deactivated user's open orders are cancelled and their stock returned."""
+        service = orders(context)
+        if await service.remember_user(event.user_id, email=None, is_active=False, sequence=context.envelope.sequence):
+            await service.cancel_open_orders(event.user_id, reason="user_deactivated")
+
+    return handlers

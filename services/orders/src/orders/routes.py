@@ -1,0 +1,212 @@
+"""The orders HTTP API: parse, authorize, call the service, shape the answer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import Response
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from orders.schemas import (
+    OrderOut,
+    OrderPage,
+    OrderStatus,
+    PlaceOrder,
+    ProductCreate,
+    ProductOut,
+    ProductPage,
+    ProductUpdate,
+    Restock,
+)
+from orders.service import CatalogService, OrderAction, OrderService
+from shared.auth import CurrentUser, Principal, admin_only, signed_in
+from shared.errors import Problem
+
+__all__ = ("OrderController", "ProductController")
+
+Catalog = NamedDependency[CatalogService]
+Orders = NamedDependency[OrderService]
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+
+
+def _problems(*statuses: int) -> dict[int, ResponseSpec]:
+    descriptions = {
+        400: "Invalid input (fields named in errors[])",
+        401: "No valid access token",
+        403: "Not allowed",
+        404: "No such resource (or not yours)",
+        409: "Conflicts with the current state",
+        422: "Well formed but cannot be applied",
+    }
+    return {
+        status: ResponseSpec(
+            data_container=Problem, description=descriptions[status], media_type="application/problem+json"
+        )
+        for status in statuses
+    }
+
+
+def _caller(request: Request[Any, Any, Any]) -> Principal | None:
+    user = request.scope.get("user")
+    return user if isinstance(user, Principal) else None
+
+
+class ProductController(Controller):
+    """The catalog: public reads, writes for administrators."""
+
+    path = "/products"
+    tags = ["catalog"]
+
+    @get("/", responses=_problems(400))
+    async def list_products(
+        self,
+        request: Request[Any, Any, Any],
+        catalog: Catalog,
+        q: Annotated[str | None, QueryParameter(max_length=100, description="Search name and SKU.")] = None,
+        active: Annotated[
+            bool | None, QueryParameter(description="Administrators may list inactive products (false) or all (omit).")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> ProductPage:
+        """Products by name. Everyone else sees active products only."""
+        caller = _caller(request)
+        shown = active if caller is not None and caller.is_admin else True
+        return await catalog.list_products(search=q, active=shown, limit=limit, offset=offset)
+
+    @get("/{product_id:uuid}", responses=_problems(404))
+    async def show_product(
+        self, request: Request[Any, Any, Any], product_id: FromPath[uuid.UUID], catalog: Catalog
+    ) -> ProductOut:
+        """One product (an inactive one only for administrators)."""
+        caller = _caller(request)
+        return await catalog.get(product_id, include_inactive=caller is not None and caller.is_admin)
+
+    @post(
+        "/", status_code=HTTP_201_CREATED, responses=_problems(400, 401, 403, 409), guards=[admin_only], security=BEARER
+    )
+    async def create_product(self, data: JSONBody[ProductCreate], catalog: Catalog) -> ProductOut:
+        """Add a product (the SKU must be new)."""
+        return await catalog.create(data)
+
+    @patch("/{product_id:uuid}", responses=_problems(400, 401, 403, 404), guards=[admin_only], security=BEARER)
+    async def update_product(
+        self, product_id: FromPath[uuid.UUID], data: JSONBody[ProductUpdate], catalog: Catalog
+    ) -> ProductOut:
+        """Change name, description, price or active flag."""
+        return await catalog.update(product_id, data)
+
+    @delete(
+        "/{product_id:uuid}",
+        status_code=HTTP_204_NO_CONTENT,
+        responses=_problems(401, 403, 404),
+        guards=[admin_only],
+        security=BEARER,
+    )
+    async def deactivate_product(self, product_id: FromPath[uuid.UUID], catalog: Catalog) -> None:
+        """Take a product off sale (orders already placed keep it)."""
+        await catalog.update(product_id, ProductUpdate(is_active=False))
+
+    @post(
+        "/{product_id:uuid}/restock",
+        status_code=HTTP_200_OK,
+        responses=_problems(400, 401, 403, 404),
+        guards=[admin_only],
+        security=BEARER,
+    )
+    async def restock_product(
+        self, product_id: FromPath[uuid.UUID], data: JSONBody[Restock], catalog: Catalog
+    ) -> ProductOut:
+        """Add units to the stock."""
+        return await catalog.restock(product_id, data.quantity)
+
+
+class OrderController(Controller):
+    """Orders: placing them, reading them, moving them along."""
+
+    path = "/orders"
+    tags = ["orders"]
+    guards = [signed_in]
+    security = BEARER
+
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        responses={201: ResponseSpec(data_container=OrderOut, description="The order")}
+        | _problems(400, 401, 403, 409, 422),
+    )
+    async def place_order(
+        self,
+        data: JSONBody[PlaceOrder],
+        user: CurrentUser,
+        orders: Orders,
+        idempotency_key: Annotated[
+            str,
+            HeaderParameter(
+                name="Idempotency-Key",
+                min_length=1,
+                max_length=255,
+                description="Repeat the same request with the same key to get the first answer again.",
+            ),
+        ],
+    ) -> Response[bytes]:
+        """Place an order, pricing it from the catalog and reserving its stock."""
+        placed = await orders.place(user, data, idempotency_key=idempotency_key)
+        headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
+        return Response(placed.body, status_code=placed.status_code, media_type="application/json", headers=headers)
+
+    @get("/", responses=_problems(400, 401))
+    async def list_orders(
+        self,
+        user: CurrentUser,
+        orders: Orders,
+        status: Annotated[OrderStatus | None, QueryParameter()] = None,
+        user_id: Annotated[
+            uuid.UUID | None, QueryParameter(description="Administrators: one customer's orders.")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> OrderPage:
+        """Your orders, newest first (administrators: everyone's, filtered)."""
+        return await orders.list_orders(user, owner=user_id, status=status, limit=limit, offset=offset)
+
+    @get("/{order_id:uuid}", responses=_problems(401, 404))
+    async def show_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
+        """One order (yours, or any for administrators)."""
+        return await orders.get(user, order_id)
+
+    @post("/{order_id:uuid}/pay", status_code=HTTP_200_OK, responses=_problems(401, 403, 404, 409))
+    async def pay_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
+        """Pay your pending order."""
+        return await _act(orders, user, order_id, "pay")
+
+    @post("/{order_id:uuid}/cancel", status_code=HTTP_200_OK, responses=_problems(401, 404, 409))
+    async def cancel_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
+        """Cancel your pending or paid order; its stock returns to the catalog."""
+        return await _act(orders, user, order_id, "cancel")
+
+    @post(
+        "/{order_id:uuid}/ship", status_code=HTTP_200_OK, guards=[admin_only], responses=_problems(401, 403, 404, 409)
+    )
+    async def ship_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
+        """Mark a paid order shipped (administrators)."""
+        return await _act(orders, user, order_id, "ship")
+
+    @post(
+        "/{order_id:uuid}/deliver",
+        status_code=HTTP_200_OK,
+        guards=[admin_only],
+        responses=_problems(401, 403, 404, 409),
+    )
+    async def deliver_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
+        """Mark a shipped order delivered (administrators)."""
+        return await _act(orders, user, order_id, "deliver")
+
+
+async def _act(orders: OrderService, user: Principal, order_id: uuid.UUID, action: OrderAction) -> OrderOut:
+    return await orders.act(user, order_id, action)

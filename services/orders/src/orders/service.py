@@ -1,0 +1,550 @@
+"""The rules of the catalog and of orders: pricing, stock that never goes below zero, the lifecycle."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal, cast
+
+import msgspec
+from advanced_alchemy.filters import LimitOffset
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from msgspec import UNSET
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from uuid_utils.compat import uuid7
+
+from orders.models import IdempotencyKey, KnownUser, Order, OrderLine, Product
+from orders.schemas import OrderLineOut, OrderOut, OrderPage, ProductOut, ProductPage
+from shared.db import unit_of_work
+from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
+from shared.events.contracts import (
+    EventPayload,
+    OrderCancelled,
+    OrderDelivered,
+    OrderPaid,
+    OrderPlaced,
+    OrderShipped,
+)
+from shared.events.contracts import (
+    OrderLine as OrderLineEvent,
+)
+from shared.events.replicas import upsert_if_newer
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from orders.schemas import OrderItem, OrderStatus, PlaceOrder, ProductCreate, ProductUpdate
+    from orders.settings import OrdersSettings
+    from shared.auth import Principal
+    from shared.events.outbox import Outbox
+
+__all__ = ("TRANSITIONS", "CatalogService", "OrderAction", "OrderService", "PlacedOrder")
+
+OrderAction = Literal["pay", "ship", "deliver", "cancel"]
+
+TRANSITIONS: dict[OrderAction, tuple[frozenset[str], str]] = {
+    "pay": (frozenset({"pending"}), "paid"),
+    "ship": (frozenset({"paid"}), "shipped"),
+    "deliver": (frozenset({"shipped"}), "delivered"),
+    "cancel": (frozenset({"pending", "paid"}), "cancelled"),
+}
+"""The state machine: which states an action may start from, and where it leads."""
+
+OPEN_STATES = TRANSITIONS["cancel"][0]
+PRODUCT_COLUMNS = (
+    Product.id,
+    Product.sku,
+    Product.name,
+    Product.description,
+    Product.price,
+    Product.currency,
+    Product.stock,
+    Product.is_active,
+    Product.created_at,
+    Product.updated_at,
+)
+ORDER_COLUMNS = (
+    Order.id,
+    Order.user_id,
+    Order.status,
+    Order.total,
+    Order.currency,
+    Order.cancel_reason,
+    Order.created_at,
+    Order.updated_at,
+)
+_json = msgspec.json.Encoder()
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _escape_like(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class ProductRepository(SQLAlchemyAsyncRepository[Product]):
+    """Products, for the ordinary catalog reads and writes."""
+
+    model_type = Product
+
+
+class CatalogService:
+    """Products and their stock. Writes are for administrators; reads are public."""
+
+    def __init__(self, *, session: AsyncSession) -> None:
+        self.session = session
+
+    @cached_property
+    def repository(self) -> ProductRepository:
+        """advanced-alchemy's repository over this service's session."""
+        return ProductRepository(session=self.session, auto_commit=False)
+
+    async def create(self, data: ProductCreate) -> ProductOut:
+        """Add a product.
+
+        Raises:
+            Conflict: The SKU is taken.
+        """
+        async with unit_of_work(self.session):
+            product = Product(**msgspec.structs.asdict(data))
+            self.session.add(product)
+            try:
+                await self.session.flush()
+            except IntegrityError as error:
+                raise Conflict(f"A product with SKU {data.sku!r} already exists.") from error
+        return _product_out(product)
+
+    async def update(self, product_id: uuid.UUID, changes: ProductUpdate) -> ProductOut:
+        """Change a product's name, description, price or active flag."""
+        async with unit_of_work(self.session):
+            product = await self._for_update(product_id)
+            for field in ("name", "description", "price", "is_active"):
+                value = getattr(changes, field)
+                if value is not UNSET:
+                    setattr(product, field, value)
+        return _product_out(product)
+
+    async def restock(self, product_id: uuid.UUID, quantity: int) -> ProductOut:
+        """Add ``quantity`` units to the stock."""
+        async with unit_of_work(self.session):
+            product = await self._for_update(product_id)
+            product.stock += quantity
+        return _product_out(product)
+
+    async def get(self, product_id: uuid.UUID, *, include_inactive: bool) -> ProductOut:
+        """One product; an inactive one exists only for administrators.
+
+        Raises:
+            NotFound: No such product (or not for this caller).
+        """
+        row = (await self.session.execute(select(*PRODUCT_COLUMNS).where(Product.id == product_id))).one_or_none()
+        if row is None or (not row.is_active and not include_inactive):
+            raise NotFound("No such product.")
+        return ProductOut(**row._asdict())
+
+    async def list_products(self, *, search: str | None, active: bool | None, limit: int, offset: int) -> ProductPage:
+        """Products by name, optionally matching ``search`` in name or SKU and filtered by ``active``."""
+        filters: list[object] = [LimitOffset(limit=limit, offset=offset)]
+        if active is not None:
+            filters.append(Product.is_active.is_(active))
+        if search:
+            pattern = f"%{_escape_like(search.strip())}%"
+            filters.append(or_(Product.name.ilike(pattern, escape="\\"), Product.sku.ilike(pattern, escape="\\")))
+        products, total = await self.repository.get_many_and_count(
+            *filters,  # type: ignore[arg-type]  # a mix of filter kinds, each accepted
+            order_by=[(Product.name, False), (Product.id, False)],
+        )
+        return ProductPage(items=[_product_out(p) for p in products], total=total, limit=limit, offset=offset)
+
+    async def _for_update(self, product_id: uuid.UUID) -> Product:
+        product = await self.session.scalar(select(Product).where(Product.id == product_id).with_for_update())
+        if product is None:
+            raise NotFound("No such product.")
+        return product
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    """The answer to ``POST /orders``, exactly as first given (replayed for a repeated key)."""
+
+    status_code: int
+    body: bytes
+    replayed: bool
+
+
+class OrderService:
+    """Orders and their lifecycle. Each public method is one transaction (or joins the caller's)."""
+
+    def __init__(self, *, session: AsyncSession, outbox: Outbox, settings: OrdersSettings) -> None:
+        self.session = session
+        self.outbox = outbox
+        self.settings = settings
+
+    async def place(self, user: Principal, order: PlaceOrder, *, idempotency_key: str) -> PlacedOrder:
+        """Price the items from the catalog, reserve their stock and record the order, all at once.
+
+        The same key with the same body (from the same user) replays the first answer, even when
+        both requests race: the second waits on the first's key row and then reads its answer.
+
+        Raises:
+            Forbidden: The user was deactivated (even if their token is still valid).
+            Unprocessable: The same key with another body; duplicate, unknown or inactive products;
+                mixed currencies.
+            Conflict: Not enough stock for one or more products (nothing is reserved then).
+        """
+        request_hash = hashlib.sha256(_json.encode(order)).hexdigest()
+        now = _now()
+        async with unit_of_work(self.session):
+            replay = await self._claim_key(user.id, idempotency_key, request_hash, now)
+            if replay is not None:
+                return replay
+            await self._check_customer(user.id)
+            placed = await self._create(user.id, order.items, now)
+            body = _json.encode(placed)
+            await self.session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.user_id == user.id, IdempotencyKey.key == idempotency_key)
+                .values(status_code=201, response_body=body)
+            )
+        return PlacedOrder(status_code=201, body=body, replayed=False)
+
+    async def _claim_key(
+        self, user_id: uuid.UUID, key: str, request_hash: str, now: datetime.datetime
+    ) -> PlacedOrder | None:
+        expires_at = now + datetime.timedelta(seconds=self.settings.idempotency_ttl_seconds)
+        claimed = await self.session.execute(
+            insert(IdempotencyKey)
+            .values(user_id=user_id, key=key, request_hash=request_hash, created_at=now, expires_at=expires_at)
+            .on_conflict_do_nothing()
+            .returning(IdempotencyKey.key)
+        )
+        if claimed.first() is not None:
+            return None
+        # Another request holds or held this key. Its row was committed with its answer (a failed
+        # request rolls its key back), so it can be read now.
+        existing = await self.session.scalar(
+            select(IdempotencyKey).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key).with_for_update()
+        )
+        if existing is None:  # the first request failed and took its key with it: take it over
+            return await self._claim_key(user_id, key, request_hash, now)
+        if existing.expires_at <= now:
+            existing.request_hash, existing.created_at, existing.expires_at = request_hash, now, expires_at
+            existing.status_code = existing.response_body = None
+            return None
+        if existing.request_hash != request_hash:
+            raise Unprocessable("This Idempotency-Key was used with a different request body.")
+        if existing.status_code is None or existing.response_body is None:
+            raise Conflict("A request with this Idempotency-Key is still in progress.")
+        return PlacedOrder(status_code=existing.status_code, body=existing.response_body, replayed=True)
+
+    async def _check_customer(self, user_id: uuid.UUID) -> None:
+        # A user orders may not have heard of yet is fine (the token proves them); remember them.
+        # FOR SHARE serialises with a deactivation, which updates this row: either it sees this
+        # order and cancels it, or this order sees the user deactivated.
+        await self.session.execute(
+            insert(KnownUser).values(user_id=user_id, is_active=True, sequence=0).on_conflict_do_nothing()
+        )
+        is_active = await self.session.scalar(
+            select(KnownUser.is_active).where(KnownUser.user_id == user_id).with_for_update(read=True)
+        )
+        if not is_active:
+            raise Forbidden("This account is deactivated and cannot place orders.")
+
+    async def _create(self, user_id: uuid.UUID, items: list[OrderItem], now: datetime.datetime) -> OrderOut:
+        quantities = {item.product_id: item.quantity for item in items}
+        if len(quantities) != len(items):
+            raise Unprocessable("Each product may appear only once in an order.")
+        # Rows locked in id order: two orders sharing products can never deadlock.
+        products = (
+            await self.session.execute(
+                select(Product.id, Product.sku, Product.name, Product.price, Product.currency, Product.stock)
+                .where(Product.id.in_(quantities), Product.is_active.is_(True))
+                .order_by(Product.id)
+                .with_for_update()
+            )
+        ).all()
+        unknown = sorted(str(product_id) for product_id in set(quantities) - {p.id for p in products})
+        if unknown:
+            raise Unprocessable(f"Unknown or unavailable products: {', '.join(unknown)}.")
+        currencies = {p.currency for p in products}
+        if len(currencies) > 1:
+            raise Unprocessable(
+                f"An order has one currency; these products are priced in {', '.join(sorted(currencies))}."
+            )
+        short = [
+            f"{p.sku} (wanted {quantities[p.id]}, in stock {p.stock})" for p in products if p.stock < quantities[p.id]
+        ]
+        if short:
+            raise Conflict(f"Not enough stock for: {'; '.join(short)}.")
+        for product in products:
+            await self.session.execute(
+                update(Product).where(Product.id == product.id).values(stock=Product.stock - quantities[product.id])
+            )
+        order_id = uuid7()
+        lines = [
+            OrderLineOut(
+                product_id=p.id,
+                sku=p.sku,
+                name=p.name,
+                unit_price=p.price,
+                quantity=quantities[p.id],
+                line_total=p.price * quantities[p.id],
+            )
+            for p in products
+        ]
+        placed = OrderOut(
+            id=order_id,
+            user_id=user_id,
+            status="pending",
+            lines=lines,
+            total=sum(line.line_total for line in lines),
+            currency=currencies.pop(),
+            cancel_reason=None,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.session.execute(
+            insert(Order).values(
+                id=order_id,
+                user_id=user_id,
+                status="pending",
+                total=placed.total,
+                currency=placed.currency,
+                version=1,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        await self.session.execute(
+            insert(OrderLine).values(
+                [
+                    {
+                        "id": uuid7(),
+                        "order_id": order_id,
+                        "product_id": line.product_id,
+                        "sku": line.sku,
+                        "name": line.name,
+                        "unit_price": line.unit_price,
+                        "quantity": line.quantity,
+                    }
+                    for line in lines
+                ]
+            )
+        )
+        event_lines = [
+            OrderLineEvent(
+                product_id=line.product_id,
+                sku=line.sku,
+                name=line.name,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+            )
+            for line in lines
+        ]
+        await self.outbox.add(
+            self.session,
+            OrderPlaced(
+                order_id=order_id, user_id=user_id, lines=event_lines, total=placed.total, currency=placed.currency
+            ),
+            sequence=1,
+        )
+        return placed
+
+    async def get(self, user: Principal, order_id: uuid.UUID) -> OrderOut:
+        """One order, for its owner or an administrator.
+
+        Raises:
+            NotFound: No such order, or it belongs to someone else (ids don't leak).
+        """
+        row = (await self.session.execute(select(*ORDER_COLUMNS).where(Order.id == order_id))).one_or_none()
+        if row is None or (row.user_id != user.id and not user.is_admin):
+            raise NotFound("No such order.")
+        lines = await self._lines([row.id])
+        return OrderOut(**row._asdict(), lines=lines[row.id])
+
+    async def list_orders(
+        self,
+        user: Principal,
+        *,
+        owner: uuid.UUID | None,
+        status: OrderStatus | None,
+        limit: int,
+        offset: int,
+    ) -> OrderPage:
+        """Orders newest first: one's own, or (administrators) anyone's, filtered by owner and status."""
+        conditions = []
+        if not user.is_admin:
+            conditions.append(Order.user_id == user.id)
+        elif owner is not None:
+            conditions.append(Order.user_id == owner)
+        if status is not None:
+            conditions.append(Order.status == status)
+        total = await self.session.scalar(select(func.count()).select_from(Order).where(*conditions)) or 0
+        rows = (
+            await self.session.execute(
+                select(*ORDER_COLUMNS)
+                .where(*conditions)
+                .order_by(Order.created_at.desc(), Order.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ).all()
+        lines = await self._lines([row.id for row in rows])
+        items = [OrderOut(**row._asdict(), lines=lines[row.id]) for row in rows]
+        return OrderPage(items=items, total=total, limit=limit, offset=offset)
+
+    async def _lines(self, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderLineOut]]:
+        lines: dict[uuid.UUID, list[OrderLineOut]] = defaultdict(list)
+        if not order_ids:
+            return lines
+        rows = await self.session.execute(
+            select(
+                OrderLine.order_id,
+                OrderLine.product_id,
+                OrderLine.sku,
+                OrderLine.name,
+                OrderLine.unit_price,
+                OrderLine.quantity,
+            )
+            .where(OrderLine.order_id.in_(order_ids))
+            .order_by(OrderLine.order_id, OrderLine.product_id)
+        )
+        for row in rows:
+            lines[row.order_id].append(
+                OrderLineOut(
+                    product_id=row.product_id,
+                    sku=row.sku,
+                    name=row.name,
+                    unit_price=row.unit_price,
+                    quantity=row.quantity,
+                    line_total=row.unit_price * row.quantity,
+                )
+            )
+        return lines
+
+    async def act(self, user: Principal, order_id: uuid.UUID, action: OrderAction) -> OrderOut:
+        """Move an order along its lifecycle.
+
+        Pay: the owner. Cancel: the owner or an administrator. Ship and deliver: administrators
+        (checked by the route's guard).
+
+        Raises:
+            NotFound: No such order, or it belongs to someone else.
+            Forbidden: An administrator tried to pay someone else's order.
+            Conflict: The order is in a state the action cannot start from.
+        """
+        async with unit_of_work(self.session):
+            order = await self.session.scalar(select(Order).where(Order.id == order_id).with_for_update())
+            if order is None or (order.user_id != user.id and not user.is_admin):
+                raise NotFound("No such order.")
+            if action == "pay" and order.user_id != user.id:
+                raise Forbidden("Only the customer pays an order.")
+            await self._transition(order, action, reason="customer" if order.user_id == user.id else "admin")
+        return await self.get(user, order_id)
+
+    async def _transition(self, order: Order, action: OrderAction, *, reason: str) -> None:
+        allowed_from, target = TRANSITIONS[action]
+        if order.status not in allowed_from:
+            raise Conflict(f"Cannot {action} an order that is {order.status}.")
+        order.status = target
+        order.version += 1
+        order.updated_at = _now()
+        event: EventPayload
+        if action == "cancel":
+            order.cancel_reason = reason
+            await self._restock(order.id)
+            event = OrderCancelled(order_id=order.id, user_id=order.user_id, reason=reason)
+        elif action == "pay":
+            event = OrderPaid(order_id=order.id, user_id=order.user_id, total=order.total, currency=order.currency)
+        elif action == "ship":
+            event = OrderShipped(order_id=order.id, user_id=order.user_id)
+        else:
+            event = OrderDelivered(order_id=order.id, user_id=order.user_id)
+        await self.session.flush()
+        await self.outbox.add(self.session, event, sequence=order.version)
+
+    async def _restock(self, order_id: uuid.UUID) -> None:
+        lines = (
+            await self.session.execute(
+                select(OrderLine.product_id, OrderLine.quantity)
+                .where(OrderLine.order_id == order_id)
+                .order_by(OrderLine.product_id)
+            )
+        ).all()
+        for line in lines:
+            await self.session.execute(
+                update(Product).where(Product.id == line.product_id).values(stock=Product.stock + line.quantity)
+            )
+
+    async def cancel_open_orders(self, user_id: uuid.UUID, *, reason: str) -> int:
+        """Cancel every pending or paid order of a user and return their stock; how many were cancelled."""
+        async with unit_of_work(self.session):
+            orders = (
+                await self.session.scalars(
+                    select(Order)
+                    .where(Order.user_id == user_id, Order.status.in_(OPEN_STATES))
+                    .order_by(Order.id)
+                    .with_for_update()
+                )
+            ).all()
+            for order in orders:
+                await self._transition(order, "cancel", reason=reason)
+        return len(orders)
+
+    async def cancel_unpaid(self, *, older_than: datetime.timedelta, batch_size: int = 100) -> int:
+        """Cancel pending orders placed before ``now - older_than`` (reason ``payment_timeout``).
+
+        Rows are claimed with SKIP LOCKED, so several workers sweep side by side without waiting.
+        """
+        cutoff = _now() - older_than
+        async with unit_of_work(self.session):
+            orders = (
+                await self.session.scalars(
+                    select(Order)
+                    .where(Order.status == "pending", Order.created_at < cutoff)
+                    .order_by(Order.created_at)
+                    .limit(batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for order in orders:
+                await self._transition(order, "cancel", reason="payment_timeout")
+        return len(orders)
+
+    async def remember_user(self, user_id: uuid.UUID, *, email: str | None, is_active: bool, sequence: int) -> bool:
+        """Update the replica of a user from one of users' events, unless it is older than what is held."""
+        values: dict[str, object] = {"is_active": is_active}
+        if email is not None:
+            values["email"] = email
+        async with unit_of_work(self.session):
+            return await upsert_if_newer(
+                self.session,
+                cast("Table", KnownUser.__table__),
+                key={"user_id": user_id},
+                values=values,
+                sequence=sequence,
+            )
+
+
+def _product_out(product: Product) -> ProductOut:
+    return ProductOut(
+        id=product.id,
+        sku=product.sku,
+        name=product.name,
+        description=product.description,
+        price=product.price,
+        currency=product.currency,
+        stock=product.stock,
+        is_active=product.is_active,
+        created_at=product.created_at,
+        updated_at=product.updated_at,
+    )
