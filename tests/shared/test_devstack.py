@@ -12,6 +12,7 @@ import urllib.request
 from typing import TYPE_CHECKING
 
 from shared.devstack.servers import free_port
+from shared.devstack.supervisor import installed_services
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,8 +33,16 @@ def _children_of(pid: int) -> set[int]:
     return found
 
 
-def test_up_serves_users_api_and_worker_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("POSTGRES", "NATS", "NATS_MONITOR", "USERS", "USERS_WORKER")}
+def test_up_serves_every_service_api_and_worker_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    services = installed_services()
+    names = [
+        "POSTGRES",
+        "NATS",
+        "NATS_MONITOR",
+        *(s.upper() for s in services),
+        *(f"{s.upper()}_WORKER" for s in services),
+    ]
+    ports = {name: free_port() for name in names}
     env = os.environ | {f"RELAY_{name}_PORT": str(port) for name, port in ports.items()}
     stack = subprocess.Popen(
         [sys.executable, "-m", "shared.devstack", "--data", str(tmp_path / "data")],
@@ -53,16 +62,15 @@ def test_up_serves_users_api_and_worker_and_stops_everything_on_ctrl_c(tmp_path:
                 break
         assert any("ready in" in line for line in lines), "".join(lines)
         children = _children_of(stack.pid)
-        assert len(children) >= 3  # postgres, nats-server, the users API (and its workers)
+        assert len(children) >= 2 + 2 * len(services)  # postgres, nats-server, an API and a worker each
 
-        base = f"http://127.0.0.1:{ports['USERS']}"
-        with urllib.request.urlopen(f"{base}/docs/openapi.json", timeout=5) as response:
-            assert "/auth/register" in json.load(response)["paths"]
-        with urllib.request.urlopen(f"{base}/health/ready", timeout=5) as response:
-            assert json.load(response)["checks"] == {"database": "ok", "nats": "ok"}
-        worker = f"http://127.0.0.1:{ports['USERS_WORKER']}"
-        with urllib.request.urlopen(f"{worker}/health/ready", timeout=5) as response:
-            assert json.load(response)["checks"] == {"database": "ok", "nats": "ok"}
+        for service in services:
+            base = f"http://127.0.0.1:{ports[service.upper()]}"
+            with urllib.request.urlopen(f"{base}/docs/openapi.json", timeout=5) as response:
+                assert json.load(response)["paths"]
+            for url in (base, f"http://127.0.0.1:{ports[service.upper() + '_WORKER']}"):
+                with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as response:
+                    assert json.load(response)["checks"] == {"database": "ok", "nats": "ok"}
     finally:
         stack.send_signal(signal.SIGINT)
         exit_code = stack.wait(30)

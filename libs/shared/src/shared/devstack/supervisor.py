@@ -7,6 +7,7 @@ or a crash of the supervisor itself), and a second run after a crash reuses the 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import secrets
@@ -22,17 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from shared.auth import generate_private_key_pem
+from shared.auth import AccessTokenSigner, generate_private_key_pem
 from shared.db import provision_service_role
 from shared.devstack.servers import NatsServer, PostgresServer, die_with_parent
 from shared.events.permissions import nats_authorization
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
-__all__ = ("DevStack", "ServiceProcess", "StackPorts")
+__all__ = ("SERVICES", "DevStack", "ServiceProcess", "StackPorts", "installed_services")
 
 DATABASE = "relay"
+
+
+SERVICES = ("users", "orders", "notify")
 
 
 @dataclass(frozen=True)
@@ -43,17 +47,34 @@ class StackPorts:
     nats: int = 4333
     nats_monitor: int = 8333
     users: int = 8001
+    orders: int = 8002
+    notify: int = 8003
     users_worker: int = 9001
+    orders_worker: int = 9002
+    notify_worker: int = 9003
 
     @classmethod
     def from_environment(cls) -> StackPorts:
-        """The defaults, overridden by ``RELAY_POSTGRES_PORT``, ``RELAY_NATS_PORT``, ``RELAY_USERS_PORT``..."""
+        """The defaults, overridden by ``RELAY_POSTGRES_PORT``, ``RELAY_ORDERS_PORT``, ``RELAY_ORDERS_WORKER_PORT``."""
         defaults = cls()
         values = {
             name: int(os.environ.get(f"RELAY_{name.upper()}_PORT", getattr(defaults, name)))
             for name in cls.__dataclass_fields__
         }
         return cls(**values)
+
+    def api(self, service: str) -> int:
+        """The HTTP port of a service's API."""
+        return int(getattr(self, service))
+
+    def worker(self, service: str) -> int:
+        """The health and metrics port of a service's worker."""
+        return int(getattr(self, f"{service}_worker"))
+
+
+def installed_services() -> tuple[str, ...]:
+    """The services whose package is present (a service is added to the stack by existing)."""
+    return tuple(service for service in SERVICES if importlib.util.find_spec(f"{service}.cli") is not None)
 
 
 @dataclass
@@ -101,10 +122,17 @@ class ServiceProcess:
 class DevStack:
     """The whole local system under ``root`` (default ``.data/``)."""
 
-    def __init__(self, root: Path, ports: StackPorts, output: IO[str] = sys.stdout) -> None:
+    def __init__(
+        self,
+        root: Path,
+        ports: StackPorts,
+        output: IO[str] = sys.stdout,
+        services: tuple[str, ...] | None = None,
+    ) -> None:
         self.root = root.resolve()
         self.ports = ports
         self.output = output
+        self.services = installed_services() if services is None else services
         self.postgres = PostgresServer(self.root / "postgres", port=ports.postgres, durable=True)
         self.processes: list[ServiceProcess] = []
         self.stored = self.secrets()
@@ -112,8 +140,13 @@ class DevStack:
             self.root / "nats",
             port=ports.nats,
             monitor_port=ports.nats_monitor,
-            config=nats_authorization({"users": self.stored["users_nats_password"]}),
+            config=nats_authorization({service: self.stored[f"{service}_nats_password"] for service in SERVICES}),
         )
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where notify writes each email as an ``.eml`` file."""
+        return self.root / "mail"
 
     def say(self, message: str) -> None:
         """A line from the supervisor itself."""
@@ -121,14 +154,14 @@ class DevStack:
         self.output.flush()
 
     def secrets(self) -> dict[str, str]:
-        """Role passwords and the users signing key, made once and kept in ``.data/``."""
+        """Role and NATS passwords and the users signing key, made once and kept in ``.data/``."""
         path = self.root / "secrets.json"
         stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        wanted = {
-            "users_db_password": lambda: secrets.token_urlsafe(16),
-            "users_nats_password": lambda: secrets.token_urlsafe(16),
-            "users_jwt_private_key": generate_private_key_pem,
-        }
+        wanted: dict[str, Callable[[], str]] = {"users_jwt_private_key": generate_private_key_pem}
+        wanted |= {"notify_unsubscribe_secret": lambda: secrets.token_urlsafe(32)}
+        for service in SERVICES:
+            wanted[f"{service}_db_password"] = lambda: secrets.token_urlsafe(16)
+            wanted[f"{service}_nats_password"] = lambda: secrets.token_urlsafe(16)
         missing = {name: make() for name, make in wanted.items() if name not in stored}
         if missing:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -136,20 +169,33 @@ class DevStack:
             path.chmod(0o600)
         return stored | missing
 
-    def service_env(self, database_url: str, stored: dict[str, str]) -> dict[str, str]:
-        """The environment of the users processes."""
-        base = {key: value for key, value in os.environ.items() if not key.startswith("USERS_")}
-        return base | {
-            "USERS_DATABASE_URL": database_url,
-            "USERS_NATS_URL": self.nats.url,
-            "USERS_NATS_USER": "users",
-            "USERS_NATS_PASSWORD": stored["users_nats_password"],
-            "USERS_WORKER_HEALTH_PORT": str(self.ports.users_worker),
-            "USERS_HTTP_HOST": "127.0.0.1",
-            "USERS_HTTP_PORT": str(self.ports.users),
-            "USERS_JWT_PRIVATE_KEY": stored["users_jwt_private_key"],
-            "USERS_LOG_JSON": "false",
+    def service_env(self, service: str, database_url: str) -> dict[str, str]:
+        """The environment of one service's processes: what Kubernetes would put in its ConfigMap and Secret."""
+        prefix = service.upper()
+        stored = self.stored
+        base = {key: value for key, value in os.environ.items() if not key.startswith(f"{prefix}_")}
+        env = base | {
+            f"{prefix}_DATABASE_URL": database_url,
+            f"{prefix}_NATS_URL": self.nats.url,
+            f"{prefix}_NATS_USER": service,
+            f"{prefix}_NATS_PASSWORD": stored[f"{service}_nats_password"],
+            f"{prefix}_HTTP_HOST": "127.0.0.1",
+            f"{prefix}_HTTP_PORT": str(self.ports.api(service)),
+            f"{prefix}_WORKER_HEALTH_PORT": str(self.ports.worker(service)),
+            f"{prefix}_LOG_JSON": "false",
         }
+        signer = AccessTokenSigner(stored["users_jwt_private_key"], issuer="users", audiences=SERVICES, ttl_seconds=1)
+        if service == "users":
+            env[f"{prefix}_JWT_PRIVATE_KEY"] = stored["users_jwt_private_key"]
+        else:
+            env[f"{prefix}_JWT_PUBLIC_KEYS"] = signer.public_key_pem()
+        if service == "notify":
+            env |= {
+                "NOTIFY_EMAIL_URL": self.mail_dir.as_uri(),
+                "NOTIFY_UNSUBSCRIBE_SECRET": stored["notify_unsubscribe_secret"],
+                "NOTIFY_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.ports.api(service)}",
+            }
+        return env
 
     def run(self) -> int:
         """Start everything, wait until ready, then supervise until a signal or a child dies."""
@@ -164,18 +210,21 @@ class DevStack:
             self.postgres.start()
             self.say(f"nats on 127.0.0.1:{self.ports.nats}")
             self.nats.start()
-            stored = self.stored
-            database_url = asyncio.run(self._provision(stored))
-            env = self.service_env(database_url, stored)
+            urls = asyncio.run(self._provision())
             bin_dir = Path(sys.executable).parent
-            self.say("migrating users")
-            subprocess.run([str(bin_dir / "users"), "migrate"], env=env, check=True)  # noqa: S603
-            for role in ("api", "worker"):
-                process = ServiceProcess(f"users-{role}", [str(bin_dir / "users"), role], env)
-                process.start(self.output)
-                self.processes.append(process)
-            self._wait_ready(f"http://127.0.0.1:{self.ports.users}/health/ready", stopping)
-            self._wait_ready(f"http://127.0.0.1:{self.ports.users_worker}/health/ready", stopping)
+            for service in self.services:
+                env = self.service_env(service, urls[service])
+                self.say(f"migrating {service}")
+                subprocess.run([str(bin_dir / service), "migrate"], env=env, check=True)  # noqa: S603
+                for role in ("api", "worker"):
+                    process = ServiceProcess(f"{service}-{role}", [str(bin_dir / service), role], env)
+                    process.start(self.output)
+                    self.processes.append(process)
+            for service in self.services:
+                self._wait_ready(f"http://127.0.0.1:{self.ports.api(service)}/health/ready", stopping)
+                self._wait_ready(f"http://127.0.0.1:{self.ports.worker(service)}/health/ready", stopping)
+            if stopping.is_set():
+                return 0
             self._print_urls(time.monotonic() - started)
             while not stopping.wait(0.5):
                 for process in self.processes:
@@ -191,12 +240,14 @@ class DevStack:
             self.postgres.stop()
             self.say("stopped")
 
-    async def _provision(self, stored: dict[str, str]) -> str:
-        admin = self.postgres.url()
-        await _ensure_database(admin, DATABASE)
-        return await provision_service_role(
-            self.postgres.url(DATABASE), service="users", password=stored["users_db_password"]
-        )
+    async def _provision(self) -> dict[str, str]:
+        await _ensure_database(self.postgres.url(), DATABASE)
+        return {
+            service: await provision_service_role(
+                self.postgres.url(DATABASE), service=service, password=self.stored[f"{service}_db_password"]
+            )
+            for service in self.services
+        }
 
     def _wait_ready(self, url: str, stopping: threading.Event, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -212,17 +263,20 @@ class DevStack:
             raise TimeoutError(f"{url} not ready after {timeout}s")
 
     def _print_urls(self, seconds: float) -> None:
-        users = f"http://127.0.0.1:{self.ports.users}"
-        rows = [
-            ("users API", users),
-            ("users docs", f"{users}/docs"),
-            ("users worker", f"http://127.0.0.1:{self.ports.users_worker}/health/ready"),
+        rows = []
+        for service in self.services:
+            api = f"http://127.0.0.1:{self.ports.api(service)}"
+            rows += [(f"{service} API", api), (f"{service} docs", f"{api}/docs")]
+            rows.append((f"{service} worker", f"http://127.0.0.1:{self.ports.worker(service)}/health/ready"))
+        rows += [
             ("postgres", f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/{DATABASE}"),
             ("nats", self.nats.url),
         ]
+        if "notify" in self.services:
+            rows.append(("mail", str(self.mail_dir)))
         self.say(f"ready in {seconds:.1f}s")
         for name, url in rows:
-            self.say(f"  {name:<12} {url}")
+            self.say(f"  {name:<15} {url}")
         self.say("Ctrl-C stops everything")
 
 
