@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
-from sqlalchemy import pool, text
+from sqlalchemy import pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from orders.app import DATABASE
-from shared.db import provision_service_role
-from shared.testing import TEST_ROLE_PASSWORD
+from shared.testing import migrate_fresh_database
 
 if TYPE_CHECKING:
     import httpx
@@ -49,15 +47,7 @@ async def test_openapi_lists_every_route_with_its_errors(client: httpx.AsyncClie
 
 
 async def test_migrations_reach_head_and_match_the_models(postgres_server: PostgresServer) -> None:
-    admin = create_async_engine(postgres_server.url(), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as connection:
-        await connection.execute(text("DROP DATABASE IF EXISTS fresh_orders"))
-        await connection.execute(text("CREATE DATABASE fresh_orders"))
-    await admin.dispose()
-    url = await provision_service_role(
-        postgres_server.url("fresh_orders"), service="orders", password=TEST_ROLE_PASSWORD
-    )
-    await asyncio.to_thread(DATABASE.upgrade, url)
+    url = await migrate_fresh_database(postgres_server, DATABASE, "fresh_orders")
     engine = create_async_engine(url, poolclass=pool.NullPool)
     try:
         assert await DATABASE.current_revision(engine) == DATABASE.head()

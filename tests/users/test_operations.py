@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -14,7 +13,7 @@ from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from shared.db import provision_service_role
-from shared.testing import TEST_ROLE_PASSWORD, serve_app
+from shared.testing import TEST_ROLE_PASSWORD, migrate_fresh_database, serve_app
 from users.app import DATABASE, create_app
 from users.models import Base
 
@@ -81,13 +80,7 @@ async def test_openapi_documents_every_route(client: httpx.AsyncClient) -> None:
 
 
 async def test_migrations_reach_head_and_match_the_models(postgres_server: PostgresServer) -> None:
-    admin = create_async_engine(postgres_server.url(), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
-    async with admin.connect() as connection:
-        await connection.execute(text("DROP DATABASE IF EXISTS fresh"))
-        await connection.execute(text("CREATE DATABASE fresh"))
-    await admin.dispose()
-    url = await provision_service_role(postgres_server.url("fresh"), service="users", password=TEST_ROLE_PASSWORD)
-    await asyncio.to_thread(DATABASE.upgrade, url)
+    url = await migrate_fresh_database(postgres_server, DATABASE, "fresh_users")
     engine = create_async_engine(url, poolclass=pool.NullPool)
     try:
         assert await DATABASE.current_revision(engine) == DATABASE.head()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "NAMING_CONVENTION",
+    "contains_pattern",
     "unit_of_work",
     "VERSION_TABLE",
     "ServiceDatabase",
@@ -54,6 +55,15 @@ NAMING_CONVENTION = {
 }
 VERSION_TABLE = "alembic_version"
 """Alembic's default name, kept inside each service's schema."""
+
+
+def contains_pattern(term: str) -> str:
+    """A LIKE/ILIKE pattern matching ``term`` anywhere, with its wildcards taken literally.
+
+    Use it with a backslash as the escape character: a search for ``50%`` must not match everything.
+    """
+    escaped = term.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 @asynccontextmanager

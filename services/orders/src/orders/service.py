@@ -21,7 +21,7 @@ from uuid_utils.compat import uuid7
 
 from orders.models import IdempotencyKey, KnownUser, Order, OrderLine, Product
 from orders.schemas import OrderLineOut, OrderOut, OrderPage, ProductOut, ProductPage
-from shared.db import unit_of_work
+from shared.db import contains_pattern, unit_of_work
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.contracts import (
     EventPayload,
@@ -85,10 +85,6 @@ _json = msgspec.json.Encoder()
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def _escape_like(term: str) -> str:
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class ProductRepository(SQLAlchemyAsyncRepository[Product]):
@@ -157,7 +153,7 @@ class CatalogService:
         if active is not None:
             filters.append(Product.is_active.is_(active))
         if search:
-            pattern = f"%{_escape_like(search.strip())}%"
+            pattern = contains_pattern(search)
             filters.append(or_(Product.name.ilike(pattern, escape="\\"), Product.sku.ilike(pattern, escape="\\")))
         products, total = await self.repository.get_many_and_count(
             *filters,  # type: ignore[arg-type]  # a mix of filter kinds, each accepted

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
+from shared.db import contains_pattern
 from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unprocessable
 from users.events import UserEventKind, user_event
 from users.models import LoginThrottle, RefreshToken, User
@@ -50,10 +51,6 @@ def _now() -> datetime.datetime:
 
 def _token_hash(raw_token: str) -> str:
     return hashlib.sha256(raw_token.encode()).hexdigest()
-
-
-def _escape_like(term: str) -> str:
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class PasswordHasher:
@@ -248,7 +245,7 @@ class UserService:
         """A page of accounts, newest first, optionally matching ``search`` in email or display name."""
         filters: list[object] = [LimitOffset(limit=limit, offset=offset)]
         if search:
-            pattern = f"%{_escape_like(search.strip())}%"
+            pattern = contains_pattern(search)
             filters.append(or_(User.email.ilike(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\")))
         users, total = await self.repository.get_many_and_count(
             *filters,  # type: ignore[arg-type]  # list of mixed filter kinds, each accepted by list_and_count

@@ -23,9 +23,21 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ("NatsServer", "PostgresServer", "die_with_parent", "free_port", "postgres_bin_dir")
+__all__ = ("NatsServer", "PostgresServer", "die_with_parent", "free_port", "postgres_bin_dir", "stop_process")
 
 _PR_SET_PDEATHSIG = 1
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float, signum: int = signal.SIGTERM) -> None:
+    """Ask a child to stop with ``signum``; SIGKILL it if it has not stopped within ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signum)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def free_port() -> int:
@@ -200,14 +212,7 @@ class PostgresServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown: roll back open transactions, then exit."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout, signal.SIGINT)
 
     def kill(self) -> None:
         """Crash the server (SIGKILL), as a power cut would."""
@@ -289,14 +294,7 @@ class NatsServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server (SIGTERM), keeping its store."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout)
 
     def restart(self) -> None:
         """Stop and start again on the same port and store."""

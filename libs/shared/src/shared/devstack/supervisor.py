@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING
 
 from shared.auth import AccessTokenSigner, generate_private_key_pem
 from shared.db import provision_service_role
-from shared.devstack.servers import NatsServer, PostgresServer, die_with_parent
+from shared.devstack.servers import NatsServer, PostgresServer, die_with_parent, stop_process
 from shared.events.permissions import nats_authorization
 
 if TYPE_CHECKING:
@@ -109,14 +109,7 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it has not stopped in time."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout)
 
 
 class DevStack:

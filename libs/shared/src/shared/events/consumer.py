@@ -1,7 +1,8 @@
 """Exactly-once effect in: durable pull consumers whose every message is one database transaction.
 
 Each message: insert its event id into the service's inbox (a duplicate is acknowledged and
-skipped), run the handler in the same transaction (it may add outbox events), commit, then ack.
+skipped), run the handler in the same transaction (it may add outbox events), commit, run what the
+handler left for after the commit, then ack.
 A failure is handed back with ``nak(delay)`` on an exponential schedule; the last allowed attempt,
 or a message that cannot be decoded at all, goes to ``dlq.<stream>.<consumer>`` and is terminated.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -52,6 +53,13 @@ class EventContext:
     session: AsyncSession
     envelope: Envelope
     outbox: Outbox | None
+    after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Effects outside the database that must wait for the commit (a core NATS publish, say).
+
+    The consumer runs them in order once the transaction committed, and never after a rollback or
+    for a duplicate. They are best effort: a failing one is logged and neither undoes the event
+    nor makes it retried, so anything that must not be lost belongs in the transaction instead.
+    """
 
 
 Handler = Callable[[Any, EventContext], Awaitable[None]]
@@ -215,15 +223,29 @@ class EventConsumer:
         return outcome
 
     async def apply(self, decoded: DecodedEvent, handler: Handler) -> str:
-        """The inbox row and the handler's effects in one transaction."""
+        """The inbox row and the handler's effects in one transaction, then its after-commit effects."""
         async with self.session_maker() as session, session.begin():
             recorded = await session.execute(
                 self._record, {"event_id": decoded.envelope.id, "event_type": decoded.envelope.type}
             )
             if recorded.first() is None:
                 return HandlerOutcome.DUPLICATE
-            await handler(decoded.payload, EventContext(session=session, envelope=decoded.envelope, outbox=self.outbox))
+            context = EventContext(session=session, envelope=decoded.envelope, outbox=self.outbox)
+            await handler(decoded.payload, context)
+        await self._run_after_commit(decoded, context.after_commit)
         return HandlerOutcome.APPLIED
+
+    async def _run_after_commit(self, decoded: DecodedEvent, effects: list[Callable[[], Awaitable[None]]]) -> None:
+        for effect in effects:
+            try:
+                await effect()
+            except Exception as error:  # noqa: BLE001 - committed is committed: log, never retry the event
+                log.warning(
+                    "after-commit effect failed",
+                    consumer=self.spec.durable,
+                    event_id=decoded.envelope.id,
+                    error=repr(error),
+                )
 
     async def _retry_or_give_up(self, message: Msg, attempt: int, error: Exception) -> None:
         if attempt >= self.spec.max_deliver:

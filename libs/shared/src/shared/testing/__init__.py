@@ -3,7 +3,18 @@
 Enable the fixtures with ``pytest_plugins = ["shared.testing.plugin"]`` in the root conftest.
 """
 
-from shared.testing.database import TEST_ROLE_PASSWORD, prepare_service_database, truncate_schema
+from shared.testing.database import (
+    TEST_ROLE_PASSWORD,
+    migrate_fresh_database,
+    prepare_service_database,
+    truncate_schema,
+)
 from shared.testing.http import serve_app
 
-__all__ = ("TEST_ROLE_PASSWORD", "prepare_service_database", "serve_app", "truncate_schema")
+__all__ = (
+    "TEST_ROLE_PASSWORD",
+    "migrate_fresh_database",
+    "prepare_service_database",
+    "serve_app",
+    "truncate_schema",
+)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from shared.db import ServiceDatabase
     from shared.devstack.servers import PostgresServer
 
-__all__ = ("TEST_ROLE_PASSWORD", "prepare_service_database", "truncate_schema")
+__all__ = ("TEST_ROLE_PASSWORD", "migrate_fresh_database", "prepare_service_database", "truncate_schema")
 
 TEST_ROLE_PASSWORD = "test-password"  # noqa: S105 - throwaway roles on a throwaway server
 """Every service role of the test server has this password: roles are cluster-wide, so a test that
@@ -53,3 +53,21 @@ async def truncate_schema(database_url: str, schema: str) -> None:
                 await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     finally:
         await engine.dispose()
+
+
+async def migrate_fresh_database(server: PostgresServer, database: ServiceDatabase, name: str) -> str:
+    """Create database ``name`` anew, provision the service's role in it, migrate from empty to head.
+
+    Returns:
+        The service's URL for that database (the caller checks what it needs, then may drop it).
+    """
+    admin = create_async_engine(server.url(), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+    url = await provision_service_role(server.url(name), service=database.schema, password=TEST_ROLE_PASSWORD)
+    await asyncio.to_thread(database.upgrade, url)
+    return url
