@@ -33,7 +33,20 @@ def _children_of(pid: int) -> set[int]:
     return found
 
 
-def test_up_serves_every_service_api_and_worker_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+def _eventually_ready(url: str, also: object, within: float = 60.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200 and also():  # type: ignore[operator]
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def test_up_serves_every_service_restarts_what_dies_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     services = installed_services()
     names = [
         "POSTGRES",
@@ -71,6 +84,13 @@ def test_up_serves_every_service_api_and_worker_and_stops_everything_on_ctrl_c(t
             for url in (base, f"http://127.0.0.1:{ports[service.upper() + '_WORKER']}"):
                 with urllib.request.urlopen(f"{url}/health/ready", timeout=5) as response:
                     assert json.load(response)["checks"] == {"database": "ok", "nats": "ok"}
+
+        # a process that dies is restarted, as an orchestrator would
+        pid_file = tmp_path / "data" / "run" / "users-worker.pid"
+        killed = int(pid_file.read_text())
+        os.kill(killed, signal.SIGKILL)
+        worker = f"http://127.0.0.1:{ports['USERS_WORKER']}/health/ready"
+        assert _eventually_ready(worker, lambda: int(pid_file.read_text()) != killed)
     finally:
         stack.send_signal(signal.SIGINT)
         exit_code = stack.wait(30)

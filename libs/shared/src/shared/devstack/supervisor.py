@@ -191,7 +191,7 @@ class DevStack:
         return env
 
     def run(self) -> int:
-        """Start everything, wait until ready, then supervise until a signal or a child dies."""
+        """Start everything, wait until ready, then supervise (restarting what dies) until a signal."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
         started = time.monotonic()
@@ -218,20 +218,63 @@ class DevStack:
                 self._wait_ready(f"http://127.0.0.1:{self.ports.worker(service)}/health/ready", stopping)
             if stopping.is_set():
                 return 0
+            self._write_pid_files()
             self._print_urls(time.monotonic() - started)
-            while not stopping.wait(0.5):
-                for process in self.processes:
-                    if process.process is not None and process.process.poll() is not None:
-                        self.say(f"{process.name} exited with {process.process.returncode}; stopping")
-                        return 1
-            return 0
+            return self._supervise(stopping)
         finally:
             self.say("stopping")
             for process in reversed(self.processes):
                 process.stop()
             self.nats.stop()
             self.postgres.stop()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
             self.say("stopped")
+
+    @property
+    def run_dir(self) -> Path:
+        """``<name>.pid`` of every process the stack runs, for operators and fault-injection tests."""
+        return self.root / "run"
+
+    def _write_pid_files(self) -> None:
+        self.run_dir.mkdir(exist_ok=True)
+        children = {"postgres": self.postgres.process, "nats": self.nats.process}
+        children |= {process.name: process.process for process in self.processes}
+        for name, child in children.items():
+            if child is not None:
+                (self.run_dir / f"{name}.pid").write_text(f"{child.pid}\n")
+
+    def _supervise(self, stopping: threading.Event, max_restarts: int = 5) -> int:
+        """Restart whatever dies, as an orchestrator would; give up on a process that keeps dying."""
+        restarts: dict[str, int] = {}
+        while not stopping.wait(0.5):
+            dead = [(name, code) for name, code in self._exited()]
+            for name, code in dead:
+                restarts[name] = restarts.get(name, 0) + 1
+                if restarts[name] > max_restarts:
+                    self.say(f"{name} exited with {code} {max_restarts} times; stopping")
+                    return 1
+                self.say(f"{name} exited with {code}; restarting")
+                self._restart(name)
+            if dead:
+                self._write_pid_files()
+        return 0
+
+    def _exited(self) -> list[tuple[str, int]]:
+        children = {"postgres": self.postgres.process, "nats": self.nats.process}
+        children |= {process.name: process.process for process in self.processes}
+        return [
+            (name, child.returncode)
+            for name, child in children.items()
+            if child is not None and child.poll() is not None
+        ]
+
+    def _restart(self, name: str) -> None:
+        if name == "postgres":
+            self.postgres.start()
+        elif name == "nats":
+            self.nats.start()
+        else:
+            next(process for process in self.processes if process.name == name).start(self.output)
 
     async def _provision(self) -> dict[str, str]:
         await _ensure_database(self.postgres.url(), DATABASE)
