@@ -28,9 +28,10 @@ lint:
 asyncapi:
     python -m shared.events.asyncapi
 
-# benchmarks: the event pipeline against direct publish/consume, measured in the same run (~30 s)
+# benchmarks, each against a baseline measured in the same run (~1 minute); args go to the events pipeline
 bench *args:
     python bench/events_pipeline.py {{args}}
+    python bench/order_reads.py
 
 # format and fix what ruff can
 fmt:

@@ -276,14 +276,17 @@ class DevStack:
         else:
             next(process for process in self.processes if process.name == name).start(self.output)
 
+    def database_url(self, service: str) -> str:
+        """The URL a service connects with, as its own role."""
+        return self.postgres.url(DATABASE, user=service, password=self.stored[f"{service}_db_password"])
+
     async def _provision(self) -> dict[str, str]:
         await _ensure_database(self.postgres.url(), DATABASE)
-        return {
-            service: await provision_service_role(
+        for service in self.services:
+            await provision_service_role(
                 self.postgres.url(DATABASE), service=service, password=self.stored[f"{service}_db_password"]
             )
-            for service in self.services
-        }
+        return {service: self.database_url(service) for service in self.services}
 
     def _wait_ready(self, url: str, stopping: threading.Event, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
