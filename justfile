@@ -10,6 +10,10 @@ default:
 up *args:
     python -m shared.devstack {{args}}
 
+# walk a client through the whole story against a running `just up` (in another terminal)
+demo:
+    python scripts/demo.py
+
 # wipe the local stack's data (.data/)
 reset:
     rm -rf .data

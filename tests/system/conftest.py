@@ -1,0 +1,131 @@
+"""The whole system as real processes, started by the same supervisor as ``just up``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from shared.devstack.servers import free_port
+from shared.devstack.supervisor import SERVICES, StackPorts
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+READY_LINE = "Ctrl-C stops everything"
+
+
+@dataclass
+class RunningStack:
+    """A ``just up`` in a temporary data directory, on free ports."""
+
+    data: Path
+    ports: StackPorts
+    process: subprocess.Popen[str] | None = None
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that points the supervisor, and ``scripts/demo.py``, at these ports."""
+        ports = {
+            f"RELAY_{name.upper()}_PORT": str(getattr(self.ports, name)) for name in StackPorts.__dataclass_fields__
+        }
+        return os.environ | ports | {"RELAY_DATA": str(self.data)}
+
+    def url(self, service: str) -> str:
+        """The base URL of a service's API."""
+        return f"http://127.0.0.1:{self.ports.api(service)}"
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the supervisor and wait until it says everything is ready."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shared.devstack", "--data", str(self.data)],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+        stream = self.process.stdout
+        assert stream is not None
+
+        def collect() -> None:
+            for line in stream:
+                self.log.append(line)
+                if READY_LINE in line:
+                    ready.set()
+
+        threading.Thread(target=collect, daemon=True).start()
+        if not ready.wait(timeout):
+            self.stop()
+            raise AssertionError("the stack did not come up:\n" + "".join(self.log[-60:]))
+
+    def pid(self, name: str) -> int:
+        """The pid of ``postgres``, ``nats`` or ``<service>-api|worker``."""
+        return int((self.data / "run" / f"{name}.pid").read_text())
+
+    def kill(self, name: str) -> int:
+        """SIGKILL one process of the stack; the supervisor will start it again."""
+        pid = self.pid(name)
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def wait_restarted(self, name: str, old_pid: int, health_url: str, within: float = 60.0) -> None:
+        """Wait until ``name`` runs under a new pid and answers ready again."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            try:
+                if self.pid(name) != old_pid:
+                    with urllib.request.urlopen(health_url, timeout=2) as response:
+                        if response.status == 200:
+                            return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{name} did not come back:\n" + "".join(self.log[-40:]))
+
+    def crash(self) -> None:
+        """SIGKILL the supervisor itself: it cleans nothing up, its children die with it."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def stop(self) -> int:
+        """Ctrl-C, as a person would; returns the supervisor's exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGINT)
+        try:
+            code = self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+
+@pytest.fixture(scope="session")
+def stack_ports() -> StackPorts:
+    names = ["postgres", "nats", "nats_monitor", *SERVICES, *(f"{service}_worker" for service in SERVICES)]
+    return StackPorts(**{name: free_port() for name in names})
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, stack_ports: StackPorts) -> Iterator[RunningStack]:
+    """The whole system, once for the session's system tests."""
+    running = RunningStack(data=tmp_path_factory.mktemp("stack") / "data", ports=stack_ports)
+    running.start()
+    yield running
+    assert running.stop() == 0, "".join(running.log[-40:])
