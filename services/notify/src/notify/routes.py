@@ -1,0 +1,101 @@
+"""The notify HTTP API: parse, authorize, call the service, shape the answer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from litestar import Controller, get, post, put
+from litestar.di import NamedDependency
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent
+from litestar.status_codes import HTTP_200_OK
+
+from notify.live import NotificationFeed
+from notify.schemas import NotificationOut, NotificationPage, Preferences, ReadAllOut, UnsubscribeOut
+from notify.service import NotificationService
+from shared.auth import CurrentUser, signed_in
+
+__all__ = ("NotificationController", "UnsubscribeController")
+
+Notifications = NamedDependency[NotificationService]
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+
+
+class NotificationController(Controller):
+    """The signed-in user's own notifications: the in-app list, the live stream, the preferences."""
+
+    path = "/notifications"
+    tags = ["notifications"]
+    guards = [signed_in]
+    security = BEARER
+
+    @get("/")
+    async def list_notifications(
+        self,
+        user: CurrentUser,
+        notifications: Notifications,
+        unread: Annotated[bool, QueryParameter(description="Only the unread ones.")] = False,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+    ) -> NotificationPage:
+        """Your notifications, newest first, with how many are unread."""
+        return await notifications.page(user.id, unread_only=unread, limit=limit, offset=offset)
+
+    @post("/{notification_id:uuid}/read", status_code=HTTP_200_OK)
+    async def mark_read(
+        self, notification_id: FromPath[uuid.UUID], user: CurrentUser, notifications: Notifications
+    ) -> NotificationOut:
+        """Mark one of your notifications read."""
+        return await notifications.mark_read(user.id, notification_id)
+
+    @post("/read-all", status_code=HTTP_200_OK)
+    async def mark_all_read(self, user: CurrentUser, notifications: Notifications) -> ReadAllOut:
+        """Mark all your notifications read."""
+        return await notifications.mark_all_read(user.id)
+
+    @get("/stream")
+    async def stream(
+        self,
+        user: CurrentUser,
+        feed: NamedDependency[NotificationFeed],
+        last_event_id: Annotated[
+            uuid.UUID | None,
+            HeaderParameter(name="Last-Event-ID", description="The id of the last event received, to resume."),
+        ] = None,
+    ) -> ServerSentEvent:
+        """Your new notifications as Server-Sent Events (``event: notification``, ``id:`` = notification id).
+
+        Reconnecting with ``Last-Event-ID`` first sends what was missed. A comment line comes at least
+        every heartbeat interval. The token goes in the ``Authorization`` header (use a fetch-based
+        EventSource in browsers): a token in the URL would end up in logs.
+        """
+        return ServerSentEvent(feed.events(user.id, after=last_event_id))
+
+    @get("/preferences")
+    async def show_preferences(self, user: CurrentUser, notifications: Notifications) -> Preferences:
+        """For every kind of notification: in the app, by email, or both (all on unless turned off)."""
+        return await notifications.preferences(user.id)
+
+    @put("/preferences")
+    async def replace_preferences(
+        self, data: JSONBody[Preferences], user: CurrentUser, notifications: Notifications
+    ) -> Preferences:
+        """Replace your preferences; any kind or channel left out is on."""
+        return await notifications.replace_preferences(user.id, data)
+
+
+class UnsubscribeController(Controller):
+    """The link at the bottom of every email: works without signing in."""
+
+    path = "/notifications/unsubscribe"
+    tags = ["notifications"]
+
+    @get("/")
+    async def unsubscribe(
+        self,
+        notifications: Notifications,
+        token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="From the email's link.")],
+    ) -> UnsubscribeOut:
+        """Turn off the emails of the kind the link came with."""
+        return await notifications.unsubscribe(token)

@@ -1,0 +1,52 @@
+"""What the notify worker runs: the relay, the users replica and order consumers, and the email sweep."""
+
+from __future__ import annotations
+
+from notify.events import NotificationPipeline, order_notification_handlers, users_replica_handlers
+from notify.live import LivePublisher
+from notify.mail import transport_from_url
+from notify.models import EVENT_TABLES
+from notify.service import EmailSender
+from notify.settings import NotifySettings, load_notify_settings
+from notify.templates import NotificationTemplates
+from notify.tokens import UnsubscribeLinks
+from shared.events.outbox import Outbox
+from shared.events.streams import CONSUMERS, ConsumerSpec
+from shared.worker import Sweep, WorkerPlan
+
+__all__ = ("consumer_spec", "worker_plan")
+
+
+def consumer_spec(purpose: str) -> ConsumerSpec:
+    """The consumer of notify declared for ``purpose`` in the shared topology."""
+    return next(spec for spec in CONSUMERS if spec.service == "notify" and spec.purpose == purpose)
+
+
+def worker_plan(settings: NotifySettings | None = None, *, live: LivePublisher | None = None) -> WorkerPlan:
+    """The ``NOTIFY`` relay, both consumers, and the sweep that sends and retries email.
+
+    Args:
+        settings: By default, from ``NOTIFY_*`` variables.
+        live: The live-push publisher; by default one of the worker's own (tests pass theirs to close it).
+    """
+    settings = settings or load_notify_settings()
+    pipeline = NotificationPipeline(
+        templates=NotificationTemplates(),
+        outbox=Outbox(EVENT_TABLES, source="notify"),
+        links=UnsubscribeLinks(settings.unsubscribe_secret, settings.public_base_url),
+        live=live or LivePublisher(settings),
+    )
+    transport = transport_from_url(
+        settings.email_url, sender=settings.email_from, timeout=settings.email_timeout_seconds
+    )
+    sender = EmailSender(transport=transport, settings=settings)
+    return WorkerPlan(
+        service="notify",
+        settings=settings,
+        tables=EVENT_TABLES,
+        consumers=[
+            (consumer_spec("users-replica"), users_replica_handlers(pipeline)),
+            (consumer_spec("order-notifications"), order_notification_handlers(pipeline)),
+        ],
+        sweeps=[Sweep(name="email", interval_seconds=settings.email_sweep_seconds, run=sender.run_once)],
+    )
