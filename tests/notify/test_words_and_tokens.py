@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import pytest
 
 from notify.schemas import KINDS
+from notify.settings import NotifySettings
 from notify.templates import NotificationTemplates, money
 from notify.tokens import MalformedToken, UnsubscribeLinks
 from shared.errors import Forbidden
+from shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SECRET = "a-secret-of-enough-length"
 
@@ -65,3 +71,22 @@ def test_a_token_names_its_user_and_kind_and_nothing_else_verifies() -> None:
 def test_a_short_unsubscribe_secret_is_refused_at_start() -> None:
     with pytest.raises(ValueError, match="NOTIFY_UNSUBSCRIBE_SECRET"):
         UnsubscribeLinks("short", "http://notify.test")
+
+
+def test_the_unsubscribe_secret_and_email_url_can_come_from_files(tmp_path: Path) -> None:
+    secret_file, url_file = tmp_path / "secret", tmp_path / "email-url"
+    secret_file.write_text(SECRET + "\n")
+    url_file.write_text("smtp://mailer:pw@mail.internal:587?starttls=true\n")
+    settings = load_settings(
+        NotifySettings,
+        "NOTIFY",
+        environ={
+            "NOTIFY_DATABASE_URL": "postgresql+asyncpg://notify@db/relay",
+            "NOTIFY_UNSUBSCRIBE_SECRET_FILE": str(secret_file),
+            "NOTIFY_EMAIL_URL_FILE": str(url_file),
+            "NOTIFY_STREAM_HEARTBEAT_SECONDS": "2.5",
+        },
+    )
+    assert settings.unsubscribe_secret == SECRET
+    assert settings.email_url == "smtp://mailer:pw@mail.internal:587?starttls=true"
+    assert settings.stream_heartbeat_seconds == 2.5
