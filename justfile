@@ -49,3 +49,9 @@ lock *args:
 # migrate one service's schema to head, e.g. `just migrate users` (settings from USERS_* variables)
 migrate service:
     {{service}} migrate
+
+# render the Kubernetes overlays and check them offline: schemas, security, NATS config, Postgres SQL, hadolint
+k8s-check:
+    python scripts/render_nats_config.py --check
+    mypy deploy/k8s/base/common/wait_for_migrations.py
+    pytest -q tests/deploy --ignore=tests/deploy/test_images.py
