@@ -203,3 +203,29 @@ async def test_consumer_recreates_its_durable_when_the_server_lost_it(
         stop.set()
         await task
     assert await count_effects(lab_engine) == 2
+
+
+async def test_after_commit_effects_run_once_after_the_commit_and_never_for_a_rollback(
+    jetstream: JetStreamContext, lab_sessions: async_sessionmaker[AsyncSession], lab_engine: AsyncEngine
+) -> None:
+    seen_committed: list[int] = []
+    handlers = EventHandlers()
+    failures = {"left": 1}
+
+    @handlers.on(UserRegistered)
+    async def record_then_push(event: UserRegistered, context: EventContext) -> None:
+        await context.session.execute(effects.insert().values(event_id=context.envelope.id, note=event.email))
+
+        async def push() -> None:  # runs outside the transaction: it must see the row committed
+            seen_committed.append(await count_effects(lab_engine))
+
+        context.after_commit.append(push)
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("rolled back: the push must not happen for this attempt")
+
+    envelope = new_envelope(registered(), source="users", sequence=1)
+    for message_id in ("first", "copy"):  # the second is the same event again
+        await jetstream.publish(envelope.type, encode_event(envelope), headers={"Nats-Msg-Id": message_id})
+    await run_until(consumer(jetstream, lab_sessions, handlers), lambda: _consumer_drained(jetstream))
+    assert seen_committed == [1]

@@ -58,8 +58,10 @@ class ServiceApp:
     """Dependencies the service's handlers need beyond ``db_session`` and ``user``."""
     token_verifier: TokenVerifier | None = None
     """How access tokens are checked; by default built from the settings."""
-    on_startup: Sequence[Callable[[Litestar], Any]] = ()
+    on_startup: Sequence[Callable[..., Any]] = ()
     """Extra start-up hooks, run after the database and NATS are set up."""
+    on_shutdown: Sequence[Callable[..., Any]] = ()
+    """Extra shutdown hooks (Litestar runs them last, after NATS has drained and the pool closed)."""
     null_pool: bool = False
     """Open a new database connection per session (tests that run the app on another loop)."""
 
@@ -169,6 +171,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         exception_handlers=exception_handlers(),
         lifespan=[connections],
         on_startup=list(app_config.on_startup),
+        on_shutdown=list(app_config.on_shutdown),
         openapi_config=openapi,
         cors_config=CORSConfig(allow_origins=list(settings.cors_allow_origins))
         if settings.cors_allow_origins

@@ -44,7 +44,7 @@ def create_app(settings: NotifySettings | None = None, *, null_pool: bool = Fals
     async def start_live_push(app: Litestar) -> None:
         await hub.start(app.state.get("nats"))
 
-    app = create_service_app(
+    return create_service_app(
         ServiceApp(
             name="notify",
             version="1.0.0",
@@ -57,9 +57,7 @@ def create_app(settings: NotifySettings | None = None, *, null_pool: bool = Fals
                 "feed": Provide(provide_feed, sync_to_thread=False),
             },
             on_startup=[start_live_push],
+            on_shutdown=[hub.close],
             null_pool=null_pool,
         )
     )
-    # ServiceApp has no shutdown hook: open streams must end before the app can stop.
-    app.on_shutdown.append(hub.close)
-    return app

@@ -67,5 +67,7 @@ async def connect_nats(
         )
     except TimeoutError as error:
         # With endless reconnects a refused password looks like a hang: name the last error seen.
-        reason = errors[-1] if errors else "no answer"
+        # The server's refusal is the cause; a reset that follows it is only its echo.
+        refusals = [error for error in errors if "Authorization" in error or "Authentication" in error]
+        reason = (refusals or errors or ["no answer"])[-1]
         raise NatsUnavailableError(f"could not connect to NATS at {servers} in {connect_timeout}s: {reason}") from error
