@@ -54,6 +54,18 @@ async def test_ready_is_503_when_migrations_are_behind(
     assert ready.json()["checks"]["database"].startswith("migrations at None")
 
 
+async def test_ready_stays_ok_when_a_newer_release_migrated_the_schema(
+    users_settings: UsersSettings, postgres_server: PostgresServer
+) -> None:
+    url = await migrate_fresh_database(postgres_server, DATABASE, "ahead_users")
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE users.alembic_version SET version_num = 'from_a_newer_release'"))
+    await engine.dispose()
+    async with serve_app(create_app(msgspec.structs.replace(users_settings, database_url=url))) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+
+
 async def test_metrics_are_exposed_for_prometheus(client: httpx.AsyncClient) -> None:
     await client.get("/health/live")
     await client.post("/auth/login", json={"email": "x@example.com", "password": "0123456789"})

@@ -81,6 +81,7 @@ def _readiness_checks(
 ) -> dict[str, ReadinessCheck]:
     database = app_config.database
     head = database.head()
+    known = database.revisions()
 
     async def database_check() -> str | None:
         async with alchemy.get_engine().connect() as connection:
@@ -88,7 +89,11 @@ def _readiness_checks(
                 current = await connection.scalar(database.version_query())
             except ProgrammingError:  # no version table: never migrated
                 current = None
-        return None if current == head else f"migrations at {current}, head is {head}"
+        # A revision this code does not know is a newer one, migrated for the release rolling out
+        # now: the old pods keep serving until the new ones are ready (migrations are additive).
+        if current == head or (current is not None and current not in known):
+            return None
+        return f"migrations at {current}, head is {head}"
 
     checks: dict[str, ReadinessCheck] = {"database": database_check}
     if app_config.settings.nats_url:

@@ -142,6 +142,11 @@ class ServiceDatabase:
         """The newest revision of the service's migration scripts."""
         return ScriptDirectory.from_config(self.alembic_config("postgresql://")).get_current_head()
 
+    def revisions(self) -> frozenset[str]:
+        """Every revision this code knows. A schema at a revision outside it is newer than this code."""
+        scripts = ScriptDirectory.from_config(self.alembic_config("postgresql://"))
+        return frozenset(script.revision for script in scripts.walk_revisions())
+
     def upgrade(self, database_url: str, revision: str = "head") -> None:
         """Run migrations up to ``revision``. Synchronous: from async code, call it in a thread."""
         command.upgrade(self.alembic_config(database_url), revision)
