@@ -1,6 +1,6 @@
-"""Events between services: contracts, the stream topology, the outbox and its relay, idempotent
-consumers with retries and dead letters, replicas, NATS permissions and the AsyncAPI document.
+"""Events between services: contracts, topology, outbox and relay, consumers, dead letters.
 
 Services import what they need from the modules: ``contracts`` (the published language), ``tables``
-(outbox and inbox in their schema), ``outbox`` (``Outbox.add``), ``consumer`` (``EventHandlers``).
+(outbox and inbox in their schema), ``outbox`` (``Outbox.add``), ``consumer`` (``EventHandlers``),
+``replicas`` (``upsert_if_newer``); ``permissions`` and ``asyncapi`` are generated from ``streams``.
 """
