@@ -18,6 +18,7 @@ from notify.models import DeliveryStatus, EmailDelivery
 from notify.service import EmailSender, NotificationService
 from shared.devstack.servers import free_port
 from shared.events.contracts import UserDeactivated
+from shared.testing import eventually
 from tests.notify.conftest import (
     MailServer,
     Publisher,
@@ -26,7 +27,6 @@ from tests.notify.conftest import (
     deliveries_of,
     registered,
 )
-from tests.shared.events.helpers import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -29,8 +29,8 @@ from sqlalchemy import insert, select
 from notify.models import Contact, Notification
 from shared.devstack.servers import die_with_parent, free_port, stop_process
 from shared.events.contracts import OrderDelivered, OrderPaid, OrderShipped
+from shared.testing import eventually
 from tests.notify.conftest import UNSUBSCRIBE_SECRET, Publisher, RunningWorker, bearer, count, placed
-from tests.shared.events.helpers import eventually
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

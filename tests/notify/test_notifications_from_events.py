@@ -28,6 +28,7 @@ from shared.events.contracts import (
 )
 from shared.events.outbox import Outbox
 from shared.events.streams import LIVE_NOTIFICATIONS, ConsumerSpec
+from shared.testing import eventually
 from tests.notify.conftest import (
     Publisher,
     RunningWorker,
@@ -40,7 +41,6 @@ from tests.notify.conftest import (
     placed,
     registered,
 )
-from tests.shared.events.helpers import eventually
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

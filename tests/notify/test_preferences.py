@@ -10,6 +10,7 @@ from notify.events import order_notification_handlers, users_replica_handlers
 from notify.models import EmailDelivery, Notification
 from notify.schemas import KINDS
 from shared.events.contracts import OrderPaid, OrderShipped
+from shared.testing import eventually
 from tests.notify.conftest import (
     MailServer,
     Publisher,
@@ -22,7 +23,6 @@ from tests.notify.conftest import (
     placed,
     registered,
 )
-from tests.shared.events.helpers import eventually
 
 if TYPE_CHECKING:
     import httpx

@@ -25,12 +25,14 @@ from shared.events.contracts import (
     new_envelope,
 )
 from shared.events.outbox import Outbox
+from shared.testing import eventually
 from shared.worker import Worker
 from tests.orders.conftest import Tokens, add_product, place
 from tests.orders.test_orders import outbox_types, stock_of
-from tests.shared.events.helpers import eventually
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import httpx
     from nats.js.client import JetStreamContext
 
@@ -94,12 +96,12 @@ async def test_older_event_never_overwrites_a_newer_replica_state(orders_setting
     assert (known.is_active, known.sequence) == (False, 3)
 
 
-async def run_worker_until(settings: OrdersSettings, condition: object) -> None:
+async def run_worker_until(settings: OrdersSettings, condition: Callable[[], Awaitable[bool]]) -> None:
     worker = Worker(worker_plan(settings))
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        await eventually(condition, within=30)  # type: ignore[arg-type]
+        await eventually(condition, within=30)
     finally:
         stop.set()
         await task

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from shared.testing import eventually
 from tests.system.conftest import RunningStack
 
 if TYPE_CHECKING:
@@ -115,15 +116,6 @@ async def place_orders(customer: Customer, product_id: str, count: int, *, concu
                 assert response.status_code == 201, response.text
                 ids.append(response.json()["id"])
     return ids
-
-
-async def eventually(check: Any, *, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if result := await check():
-            return result
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {within}s")
 
 
 def placed_notifications(items: list[dict[str, Any]]) -> int:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -11,8 +9,6 @@ from shared.events.contracts import UserRegistered
 from tests.shared.events.conftest import TABLES
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from shared.events.outbox import Outbox
@@ -31,12 +27,3 @@ async def unpublished(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         query = select(func.count()).select_from(TABLES.outbox).where(TABLES.outbox.c.published_at.is_(None))
         return int(await connection.scalar(query) or 0)
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not reached within {within}s")

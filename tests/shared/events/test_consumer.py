@@ -13,10 +13,13 @@ from shared.events.contracts import UserDeactivated, UserRegistered, encode_even
 from shared.events.dead_letters import DeadLetters
 from shared.events.replicas import upsert_if_newer
 from shared.events.streams import ConsumerSpec
+from shared.testing import eventually
 from tests.shared.events.conftest import TABLES, effects, replica
-from tests.shared.events.helpers import eventually, registered
+from tests.shared.events.helpers import registered
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from nats.js.client import JetStreamContext
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -65,11 +68,11 @@ def consumer(
     return EventConsumer(spec=SPEC, handlers=handlers, session_maker=sessions, tables=TABLES, js=js, fetch_timeout=0.3)
 
 
-async def run_until(runner: EventConsumer, condition: object, within: float = 20.0) -> None:
+async def run_until(runner: EventConsumer, condition: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(stop))
     try:
-        await eventually(condition, within=within)  # type: ignore[arg-type]
+        await eventually(condition, within=within)
     finally:
         stop.set()
         await task

@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from shared.events.contracts import decode_event
 from shared.events.outbox import Outbox, OutboxRelay
 from shared.events.streams import ensure_streams
+from shared.testing import eventually
 from tests.shared.events.conftest import TABLES
-from tests.shared.events.helpers import add_events, eventually, registered, unpublished
+from tests.shared.events.helpers import add_events, registered, unpublished
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

@@ -16,8 +16,9 @@ from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import UserRegistered, encode_event, new_envelope
 from shared.events.permissions import inbox_prefix, nats_authorization
 from shared.events.streams import CONSUMERS, ConsumerSpec, ensure_streams
+from shared.testing import eventually
 from tests.shared.events.conftest import TABLES, effects
-from tests.shared.events.helpers import eventually, registered
+from tests.shared.events.helpers import registered
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator

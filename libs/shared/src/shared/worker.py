@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from shared.events.connection import connect_nats
 from shared.events.consumer import EventConsumer
 from shared.events.outbox import Outbox, OutboxRelay
+from shared.events.pacing import pause
 from shared.events.permissions import inbox_prefix
 from shared.events.streams import DLQ_STREAM, STREAMS, ensure_streams
 from shared.health import run_checks
@@ -165,8 +166,7 @@ class Worker:
                     log.info("sweep", sweep=sweep.name, changed=changed)
             except Exception as error:  # noqa: BLE001 - a failed pass is retried at the next interval
                 log.warning("sweep failed", sweep=sweep.name, error=repr(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), sweep.interval_seconds)
+            await pause(stop, sweep.interval_seconds)
 
     def readiness_checks(self) -> dict[str, ReadinessCheck]:
         """Database reachable and NATS connected."""

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert
 from shared.events.contracts import DecodedEvent, EventPayload, UndecodableEventError, decode_event
 from shared.events.metrics import CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_PROCESSED, CONSUMER_RETRIED
 from shared.events.outbox import messaging_attributes
+from shared.events.pacing import pause
 from shared.events.streams import dead_letter_subject, ensure_consumer
 
 if TYPE_CHECKING:
@@ -170,12 +171,12 @@ class EventConsumer:
                     await _unsubscribe(subscription)
                     subscription = None
                     failures += 1
-                    await _pause(stop, min(0.5 * failures, 5.0))
+                    await pause(stop, min(0.5 * failures, 5.0))
                     continue
                 except NatsError as error:
                     log.warning("fetch failed", consumer=self.spec.durable, error=repr(error))
                     failures += 1
-                    await _pause(stop, min(0.5 * failures, 5.0))
+                    await pause(stop, min(0.5 * failures, 5.0))
                     continue
                 failures = 0
                 for message in messages:
@@ -300,8 +301,3 @@ async def _unsubscribe(subscription: Any) -> None:
     if subscription is not None:
         with contextlib.suppress(Exception):
             await subscription.unsubscribe()
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

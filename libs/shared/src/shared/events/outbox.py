@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from shared.events.contracts import encode_event, new_envelope
 from shared.events.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
+from shared.events.pacing import pause, wait_for_either
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -184,11 +185,11 @@ class OutboxRelay:
                     published, failed = 0, 1
                 if failed:
                     failures += 1
-                    await _wait(stop, min(0.2 * 2**failures, 10.0))
+                    await pause(stop, min(0.2 * 2**failures, 10.0))
                     continue
                 failures = 0
                 if published < self.batch_size:
-                    await _wait_any(stop, self._wake, self.poll_interval)
+                    await wait_for_either(stop, self._wake, self.poll_interval)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -270,25 +271,11 @@ class OutboxRelay:
                 connection.add_termination_listener(lambda _connection, closed=closed: closed.set())
                 await connection.add_listener(self.tables.notify_channel, lambda *_: self._wake.set())
                 self._wake.set()  # events may have committed while nobody listened
-                await _wait_any(stop, closed, None)
+                await wait_for_either(stop, closed, None)
             except (OSError, asyncpg.PostgresError, TimeoutError) as error:
                 log.info("outbox listener reconnecting", service=self.service, error=repr(error))
-                await _wait(stop, 1.0)
+                await pause(stop, 1.0)
             finally:
                 if connection is not None and not connection.is_closed():
                     with contextlib.suppress(Exception):
                         await connection.close(timeout=2)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _wait_any(stop: asyncio.Event, other: asyncio.Event, seconds: float | None) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(other.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

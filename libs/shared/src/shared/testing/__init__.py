@@ -10,9 +10,11 @@ from shared.testing.database import (
     truncate_schema,
 )
 from shared.testing.http import serve_app
+from shared.testing.waiting import eventually
 
 __all__ = (
     "TEST_ROLE_PASSWORD",
+    "eventually",
     "migrate_fresh_database",
     "prepare_service_database",
     "serve_app",
