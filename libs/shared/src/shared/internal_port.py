@@ -1,0 +1,58 @@
+"""A tiny HTTP listener for what only the cluster may see: Prometheus ``/metrics`` (and worker health).
+
+The API serves clients on its public port; its metrics live on a second, internal port that only
+Prometheus is allowed to reach (the NetworkPolicies say so), as the workers' health port does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ("Answer", "metrics_answer", "start_internal_server")
+
+Answer = tuple[str, str, bytes]
+"""An HTTP status line's tail (``"200 OK"``), a content type and a body."""
+
+NOT_FOUND: Answer = ("404 Not Found", "application/problem+json", b'{"status":404,"title":"Not found"}')
+
+
+def metrics_answer() -> Answer:
+    """The process's Prometheus metrics in the text exposition format."""
+    return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+
+
+async def start_internal_server(
+    host: str, port: int, answer: Callable[[str], Awaitable[Answer | None]]
+) -> asyncio.Server:
+    """Listen on ``host:port`` and answer each GET with ``answer(path)`` (None: 404).
+
+    A few lines of HTTP instead of a web framework: probes and Prometheus need nothing more, and
+    nothing here shares the API's middleware, routes or documentation.
+    """
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = request.decode("latin-1").split()
+            path = parts[1].split("?", 1)[0] if len(parts) > 1 else "/"
+            status, content_type, body = await answer(path) or NOT_FOUND
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, host, port)
