@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from shared.addresses import InvalidDisplayName, InvalidEmail, canonical_email, check_display_name
+
 __all__ = (
     "AdminUserUpdate",
     "Email",
@@ -30,12 +32,36 @@ DisplayName = Annotated[str, Meta(min_length=1, max_length=100)]
 Role = Literal["user", "admin"]
 
 
+def _canonical_fields(struct: msgspec.Struct) -> None:
+    """Put ``email`` and ``display_name`` in their stored form, or refuse them naming the field.
+
+    Runs while the body is decoded, so a refusal is a 400 that names the field (the problem
+    handler reads the field from "field `...`"), and the service only ever sees canonical values.
+    """
+    try:
+        email = getattr(struct, "email", UNSET)
+        if isinstance(email, str):
+            msgspec.structs.force_setattr(struct, "email", canonical_email(email))
+    except InvalidEmail as error:
+        raise ValueError(f"Invalid value for field `email`: {error}") from None
+    try:
+        name = getattr(struct, "display_name", UNSET)
+        if isinstance(name, str):
+            msgspec.structs.force_setattr(struct, "display_name", check_display_name(name))
+    except InvalidDisplayName as error:
+        raise ValueError(f"Invalid value for field `display_name`: {error}") from None
+
+
 class RegisterUser(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A new account. The password has at least 10 characters and is not the email."""
 
     email: Email
     password: Password
     display_name: DisplayName
+
+    def __post_init__(self) -> None:
+        """Canonical email (NFC, lower case, IDNA domain); display name without control characters."""
+        _canonical_fields(self)
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -76,6 +102,10 @@ class ProfileUpdate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     email: Email | UnsetType = UNSET
     password: Password | UnsetType = UNSET
     current_password: Annotated[str, Meta(max_length=128)] | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        """The same checks and canonical forms as at registration."""
+        _canonical_fields(self)
 
 
 class AdminUserUpdate(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import hashlib
 import secrets
+import unicodedata
 import uuid
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -20,8 +21,16 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
+from shared.addresses import (
+    InvalidDisplayName,
+    InvalidEmail,
+    canonical_email,
+    check_display_name,
+    email_lookup_key,
+    email_search_keys,
+)
 from shared.db import contains_pattern
-from shared.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unauthorized, Unprocessable
+from shared.errors import Conflict, DomainError, Forbidden, NotFound, TooManyRequests, Unauthorized, Unprocessable
 from users.events import UserEventKind, user_event
 from users.models import LoginThrottle, RefreshToken, User
 from users.schemas import TokenPair, UserOut, UserPage
@@ -41,8 +50,12 @@ USER_COLUMNS = (User.id, User.email, User.display_name, User.role, User.is_activ
 
 
 def normalize_email(email: str) -> str:
-    """Emails are compared trimmed and without regard to case."""
-    return email.strip().lower()
+    """The one form every route compares an email in.
+
+    ``shared.addresses``' canonical form (NFC, lower case, IDNA domain), so look-alikes neither
+    register twice nor fail to sign in.
+    """
+    return email_lookup_key(email)
 
 
 def _now() -> datetime.datetime:
@@ -135,7 +148,11 @@ class UserService:
         Returns:
             The account and whether it was created (False: an existing account was promoted).
         """
-        email = normalize_email(email)
+        try:
+            email = canonical_email(email)
+            display_name = check_display_name(display_name)
+        except (InvalidEmail, InvalidDisplayName) as error:
+            raise DomainError(f"{error}.") from None
         existing = await self.session.scalar(select(User).where(User.email == email).with_for_update())
         if existing is not None:
             existing.role = "admin"
@@ -245,8 +262,11 @@ class UserService:
         """A page of accounts, newest first, optionally matching ``search`` in email or display name."""
         filters: list[object] = [LimitOffset(limit=limit, offset=offset)]
         if search:
-            pattern = contains_pattern(search)
-            filters.append(or_(User.email.ilike(pattern, escape="\\"), User.display_name.ilike(pattern, escape="\\")))
+            # Emails are stored canonical (lower case, IDNA domain): a search for a whole address
+            # matches it in that form too, whatever look-alike was typed.
+            by_email = [User.email.contains(key, autoescape=True) for key in email_search_keys(search)]
+            by_name = User.display_name.ilike(contains_pattern(unicodedata.normalize("NFC", search)), escape="\\")
+            filters.append(or_(*by_email, by_name))
         users, total = await self.repository.get_many_and_count(
             *filters,  # type: ignore[arg-type]  # list of mixed filter kinds, each accepted by list_and_count
             order_by=[(User.created_at, True), (User.id, True)],
