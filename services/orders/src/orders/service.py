@@ -21,6 +21,7 @@ from uuid_utils.compat import uuid7
 
 from orders.models import IdempotencyKey, KnownUser, Order, OrderLine, Product
 from orders.schemas import OrderLineOut, OrderOut, OrderPage, ProductOut, ProductPage
+from orders.stock import PRODUCT_COLUMNS, lock_stock, return_stock
 from shared.db import contains_pattern, unit_of_work
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.contracts import (
@@ -37,6 +38,8 @@ from shared.events.contracts import (
 from shared.events.replicas import upsert_if_newer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sqlalchemy import Table
     from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,18 +61,7 @@ TRANSITIONS: dict[OrderAction, tuple[frozenset[str], str]] = {
 """The state machine: which states an action may start from, and where it leads."""
 
 OPEN_STATES = TRANSITIONS["cancel"][0]
-PRODUCT_COLUMNS = (
-    Product.id,
-    Product.sku,
-    Product.name,
-    Product.description,
-    Product.price,
-    Product.currency,
-    Product.stock,
-    Product.is_active,
-    Product.created_at,
-    Product.updated_at,
-)
+PRODUCTS = cast("Table", Product.__table__)
 ORDERS = cast("Table", Order.__table__)
 LINES = cast("Table", OrderLine.__table__)
 ORDER_COLUMNS = (
@@ -139,21 +131,44 @@ class CatalogService:
         return _product_out(product)
 
     async def update(self, product_id: uuid.UUID, changes: ProductUpdate) -> ProductOut:
-        """Change a product's name, description, price or active flag."""
+        """Change a product's name, description, price or active flag.
+
+        Raises:
+            NotFound: No such product.
+        """
+        values = {
+            field: value
+            for field in ("name", "description", "price", "is_active")
+            if (value := getattr(changes, field)) is not UNSET
+        }
         async with unit_of_work(self.session):
-            product = await self._for_update(product_id)
-            for field in ("name", "description", "price", "is_active"):
-                value = getattr(changes, field)
-                if value is not UNSET:
-                    setattr(product, field, value)
-        return _product_out(product)
+            locked = await lock_stock(self.session, [product_id])  # product rows: only through the lock order
+            if not locked.rows:
+                raise NotFound("No such product.")
+            if not values:
+                return ProductOut(**locked.rows[0]._asdict())
+            row = (
+                await self.session.execute(
+                    update(PRODUCTS)
+                    .where(PRODUCTS.c.id == product_id)
+                    .values(**values, updated_at=_now())
+                    .returning(*PRODUCT_COLUMNS)
+                )
+            ).one()
+        return ProductOut(**row._asdict())
 
     async def restock(self, product_id: uuid.UUID, quantity: int) -> ProductOut:
-        """Add ``quantity`` units to the stock."""
+        """Add ``quantity`` units to the stock.
+
+        Raises:
+            NotFound: No such product.
+        """
         async with unit_of_work(self.session):
-            product = await self._for_update(product_id)
-            product.stock += quantity
-        return _product_out(product)
+            locked = await lock_stock(self.session, [product_id])
+            if not locked.rows:
+                raise NotFound("No such product.")
+            (row,) = await locked.change({product_id: quantity})
+        return ProductOut(**row._asdict())
 
     async def get(self, product_id: uuid.UUID, *, include_inactive: bool) -> ProductOut:
         """One product; an inactive one exists only for administrators.
@@ -179,12 +194,6 @@ class CatalogService:
             order_by=[(Product.name, False), (Product.id, False)],
         )
         return ProductPage(items=[_product_out(p) for p in products], total=total, limit=limit, offset=offset)
-
-    async def _for_update(self, product_id: uuid.UUID) -> Product:
-        product = await self.session.scalar(select(Product).where(Product.id == product_id).with_for_update())
-        if product is None:
-            raise NotFound("No such product.")
-        return product
 
 
 @dataclass(frozen=True)
@@ -278,15 +287,9 @@ class OrderService:
         quantities = {item.product_id: item.quantity for item in items}
         if len(quantities) != len(items):
             raise Unprocessable("Each product may appear only once in an order.")
-        # Rows locked in id order: two orders sharing products can never deadlock.
-        products = (
-            await self.session.execute(
-                select(Product.id, Product.sku, Product.name, Product.price, Product.currency, Product.stock)
-                .where(Product.id.in_(quantities), Product.is_active.is_(True))
-                .order_by(Product.id)
-                .with_for_update()
-            )
-        ).all()
+        # Step 4 of the lock order (orders.stock): every product of the order, in id order, at once.
+        locked = await lock_stock(self.session, quantities)
+        products = [p for p in locked.rows if p.is_active]
         unknown = sorted(str(product_id) for product_id in set(quantities) - {p.id for p in products})
         if unknown:
             raise Unprocessable(f"Unknown or unavailable products: {', '.join(unknown)}.")
@@ -300,10 +303,7 @@ class OrderService:
         ]
         if short:
             raise Conflict(f"Not enough stock for: {'; '.join(short)}.")
-        for product in products:
-            await self.session.execute(
-                update(Product).where(Product.id == product.id).values(stock=Product.stock - quantities[product.id])
-            )
+        await locked.change({p.id: -quantities[p.id] for p in products})
         order_id = uuid7()
         lines = [
             OrderLineOut(
@@ -452,42 +452,41 @@ class OrderService:
                 raise NotFound("No such order.")
             if action == "pay" and order.user_id != user.id:
                 raise Forbidden("Only the customer pays an order.")
-            await self._transition(order, action, reason="customer" if order.user_id == user.id else "admin")
+            reason = "customer" if order.user_id == user.id else "admin"
+            await self._transition([order], action, reason=reason)
         return await self.get(user, order_id)
 
-    async def _transition(self, order: Order, action: OrderAction, *, reason: str) -> None:
-        allowed_from, target = TRANSITIONS[action]
-        if order.status not in allowed_from:
-            raise Conflict(f"Cannot {action} an order that is {order.status}.")
-        order.status = target
-        order.version += 1
-        order.updated_at = _now()
-        event: EventPayload
-        if action == "cancel":
-            order.cancel_reason = reason
-            await self._restock(order.id)
-            event = OrderCancelled(order_id=order.id, user_id=order.user_id, reason=reason)
-        elif action == "pay":
-            event = OrderPaid(order_id=order.id, user_id=order.user_id, total=order.total, currency=order.currency)
-        elif action == "ship":
-            event = OrderShipped(order_id=order.id, user_id=order.user_id)
-        else:
-            event = OrderDelivered(order_id=order.id, user_id=order.user_id)
-        await self.session.flush()
-        await self.outbox.add(self.session, event, sequence=order.version)
+    async def _transition(self, orders: Sequence[Order], action: OrderAction, *, reason: str) -> None:
+        """Move orders this transaction has locked (step 3 of the lock order) and write their events.
 
-    async def _restock(self, order_id: uuid.UUID) -> None:
-        lines = (
-            await self.session.execute(
-                select(OrderLine.product_id, OrderLine.quantity)
-                .where(OrderLine.order_id == order_id)
-                .order_by(OrderLine.product_id)
-            )
-        ).all()
-        for line in lines:
-            await self.session.execute(
-                update(Product).where(Product.id == line.product_id).values(stock=Product.stock + line.quantity)
-            )
+        A cancel puts back the stock of all of them at once, summed per product (step 4).
+        """
+        allowed_from, target = TRANSITIONS[action]
+        for order in orders:
+            if order.status not in allowed_from:
+                raise Conflict(f"Cannot {action} an order that is {order.status}.")
+        if action == "cancel":
+            await return_stock(self.session, [order.id for order in orders])
+        now = _now()
+        events: list[tuple[EventPayload, int]] = []
+        for order in orders:
+            order.status = target
+            order.version += 1
+            order.updated_at = now
+            event: EventPayload
+            if action == "cancel":
+                order.cancel_reason = reason
+                event = OrderCancelled(order_id=order.id, user_id=order.user_id, reason=reason)
+            elif action == "pay":
+                event = OrderPaid(order_id=order.id, user_id=order.user_id, total=order.total, currency=order.currency)
+            elif action == "ship":
+                event = OrderShipped(order_id=order.id, user_id=order.user_id)
+            else:
+                event = OrderDelivered(order_id=order.id, user_id=order.user_id)
+            events.append((event, order.version))
+        await self.session.flush()
+        for event, sequence in events:
+            await self.outbox.add(self.session, event, sequence=sequence)
 
     async def cancel_open_orders(self, user_id: uuid.UUID, *, reason: str) -> int:
         """Cancel every pending or paid order of a user and return their stock; how many were cancelled."""
@@ -500,8 +499,7 @@ class OrderService:
                     .with_for_update()
                 )
             ).all()
-            for order in orders:
-                await self._transition(order, "cancel", reason=reason)
+            await self._transition(orders, "cancel", reason=reason)
         return len(orders)
 
     async def cancel_unpaid(self, *, older_than: datetime.timedelta, batch_size: int = 100) -> int:
@@ -520,8 +518,7 @@ class OrderService:
                     .with_for_update(skip_locked=True)
                 )
             ).all()
-            for order in orders:
-                await self._transition(order, "cancel", reason="payment_timeout")
+            await self._transition(orders, "cancel", reason="payment_timeout")
         return len(orders)
 
     async def remember_user(self, user_id: uuid.UUID, *, email: str | None, is_active: bool, sequence: int) -> bool:
