@@ -23,21 +23,89 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ("NatsServer", "PostgresServer", "die_with_parent", "free_port", "postgres_bin_dir", "stop_process")
+__all__ = (
+    "NatsServer",
+    "PostgresServer",
+    "await_process",
+    "die_with_parent",
+    "free_port",
+    "kill_process_group",
+    "last_log_line",
+    "postgres_bin_dir",
+    "process_group_members",
+    "stop_process",
+)
 
 _PR_SET_PDEATHSIG = 1
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float, signum: int = signal.SIGTERM) -> None:
-    """Ask a child to stop with ``signum``; SIGKILL it if it has not stopped within ``timeout``."""
-    if process is None or process.poll() is not None:
+    """Ask a child to stop with ``signum``; SIGKILL its whole process group if it has not stopped in time.
+
+    The signal goes to the child alone (a server stops its own workers in order); whatever is left of
+    its process group afterwards (a worker that outlived its parent) is killed too.
+    """
+    if process is None:
         return
-    process.send_signal(signum)
+    if process.poll() is None:
+        process.send_signal(signum)
+    await_process(process, timeout)
+
+
+def await_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait up to ``timeout`` for a child to exit, then SIGKILL its process group and reap it.
+
+    Children started with ``start_new_session=True`` lead a process group whose id is their pid;
+    killing that group also reaches grandchildren that the parent-death signal does not cover.
+    """
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.kill()
         process.wait()
+    kill_process_group(process.pid)
+
+
+def process_group_members(pgid: int) -> set[int]:
+    """The live (not zombie) processes whose process group is ``pgid``, read from ``/proc``."""
+    members: set[int] = set()
+    with contextlib.suppress(OSError):
+        entries = os.listdir("/proc")
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    # the command name may hold spaces and parentheses: the fields start after the last ")"
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.add(int(entry))
+    return members
+
+
+def kill_process_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGKILL every process in group ``pgid`` and wait until none is left (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while process_group_members(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def last_log_line(path: Path, *, containing: tuple[str, ...] = ()) -> str:
+    """The last non-empty line of a log file (the last one with any of ``containing``, if given)."""
+    with contextlib.suppress(OSError):
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        chosen = [line for line in lines if any(word in line for word in containing)] if containing else lines
+        if chosen or lines:
+            return (chosen or lines)[-1]
+    return ""
 
 
 def free_port() -> int:
@@ -171,8 +239,13 @@ class PostgresServer:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the server and wait until it accepts connections."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the server without waiting for it (see ``poll_ready``)."""
         self.initialise()
-        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)  # stale after a crash
+        self._clear_pid_file()
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -192,23 +265,45 @@ class PostgresServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks or threads involved
+            # its own session: a terminal's Ctrl-C reaches the supervisor, which stops Postgres last
+            start_new_session=True,
             **self._run_as(),  # type: ignore[call-overload]
         )
         log.close()
-        self._wait_ready(timeout)
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _clear_pid_file(self, timeout: float = 30.0) -> None:
+        # A postmaster.pid left by a crash is removed; one whose postmaster still runs (a crashed
+        # supervisor's Postgres finishing its shutdown) is waited for, never deleted under it.
         pid_file = self.data_dir / "postmaster.pid"
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.process.returncode}; see {self.log_file}")
-            with contextlib.suppress(OSError):
-                lines = pid_file.read_text().splitlines()
-                if len(lines) >= 8 and lines[7].strip() == "ready":  # noqa: PLR2004 - the status line
-                    return
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid_file.unlink(missing_ok=True)
+            return
+        deadline = time.monotonic() + timeout
+        while _is_postgres(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"another postgres (pid {pid}) still runs on {self.data_dir}")
+            time.sleep(0.1)
+        pid_file.unlink(missing_ok=True)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the server accepts connections."""
+        deadline = time.monotonic() + timeout
+        while not self.poll_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"postgres did not become ready in {timeout}s; see {self.log_file}")
             time.sleep(0.05)
-        raise TimeoutError(f"postgres did not become ready in {timeout}s; see {self.log_file}")
+
+    def poll_ready(self) -> bool:
+        """Whether the server accepts connections now; raises if it has exited."""
+        if self.process is not None and self.process.poll() is not None:
+            reason = last_log_line(self.log_file, containing=("FATAL", "ERROR", "PANIC"))
+            raise RuntimeError(f"postgres exited with {self.process.returncode}: {reason} (log: {self.log_file})")
+        with contextlib.suppress(OSError):
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            return len(lines) >= 8 and lines[7].strip() == "ready"  # noqa: PLR2004 - the status line
+        return False
 
     def stop(self, timeout: float = 30.0) -> None:
         """Fast shutdown: roll back open transactions, then exit."""
@@ -224,6 +319,13 @@ class PostgresServer:
         """Stop and start again on the same port and data."""
         self.stop()
         self.start()
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def nats_server_binary() -> Path:
@@ -269,28 +371,43 @@ class NatsServer:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait until JetStream is healthy."""
+        self.launch()
+        deadline = time.monotonic() + timeout
+        while not self.poll_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server did not become healthy in {timeout}s")
+            time.sleep(0.05)
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server writes its log."""
+        return self.root / "nats.log"
+
+    def launch(self) -> None:
+        """Start the server without waiting for it (see ``poll_ready``)."""
         self.root.mkdir(parents=True, exist_ok=True)
         config_file = self.root / "nats.conf"
         config_file.write_text(self.config_text())
-        log = (self.root / "nats.log").open("ab")
+        log = self.log_file.open("ab")
         self.process = subprocess.Popen(  # noqa: S603
             [str(nats_server_binary()), "-c", str(config_file)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509
+            start_new_session=True,  # the terminal's Ctrl-C is the supervisor's to handle
         )
         log.close()
-        deadline = time.monotonic() + timeout
+
+    def poll_ready(self) -> bool:
+        """Whether JetStream is healthy now; raises if the server has exited."""
+        if self.process is not None and self.process.poll() is not None:
+            reason = last_log_line(self.log_file, containing=("[FTL]", "[ERR]"))
+            raise RuntimeError(f"nats-server exited with {self.process.returncode}: {reason} (log: {self.log_file})")
         health = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.process.returncode}; see {self.root / 'nats.log'}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=1) as response:
-                if response.status == 200:  # noqa: PLR2004
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"nats-server did not become healthy in {timeout}s")
+        with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=1) as response:
+            return bool(response.status == 200)  # noqa: PLR2004
+        return False
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the server (SIGTERM), keeping its store."""

@@ -1,42 +1,70 @@
 """``just up``: Postgres, NATS and every service process on this machine, under ``.data/``.
 
-The supervisor owns every process it starts: servers and services die with it (Ctrl-C, SIGTERM,
-or a crash of the supervisor itself), and a second run after a crash reuses the data.
+The supervisor owns every process it starts. Each child runs in its own session (process group):
+a terminal's Ctrl-C reaches the supervisor alone, which stops the APIs first (they finish the
+requests in flight), then the workers, then NATS, then Postgres. A child that dies is restarted
+after its whole process group is gone (granian's worker outlives a SIGKILLed granian otherwise).
+Children also die with the supervisor (parent-death signal), and a second run after a crash
+reuses the data. One lock on the data directory keeps a second ``just up`` from touching it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from shared.auth import AccessTokenSigner, generate_private_key_pem
-from shared.db import provision_service_role
-from shared.devstack.servers import NatsServer, PostgresServer, die_with_parent, stop_process
-from shared.events.permissions import nats_authorization
+from shared.devstack.servers import (
+    NatsServer,
+    PostgresServer,
+    await_process,
+    die_with_parent,
+    kill_process_group,
+    process_group_members,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ("SERVICES", "DevStack", "ServiceProcess", "StackPorts", "installed_services")
+__all__ = (
+    "SERVICES",
+    "DevStack",
+    "ServiceProcess",
+    "StackLock",
+    "StackPorts",
+    "StartupError",
+    "check_ports",
+    "installed_services",
+    "main",
+)
 
 DATABASE = "relay"
 
 
 SERVICES = ("users", "orders", "notify")
+
+PROGRESS_EVERY = 5.0
+"""Seconds between two "still waiting for ..." lines while the stack starts."""
+
+
+class StartupError(Exception):
+    """``just up`` cannot start; the message is one line for the person who ran it."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +83,43 @@ class StackPorts:
 
     @classmethod
     def from_environment(cls) -> StackPorts:
-        """The defaults, overridden by ``RELAY_POSTGRES_PORT``, ``RELAY_ORDERS_PORT``, ``RELAY_ORDERS_WORKER_PORT``."""
+        """The defaults, overridden by ``RELAY_POSTGRES_PORT``, ``RELAY_ORDERS_PORT``, ``RELAY_ORDERS_WORKER_PORT``.
+
+        Raises:
+            StartupError: A variable is not a port number.
+        """
         defaults = cls()
-        values = {
-            name: int(os.environ.get(f"RELAY_{name.upper()}_PORT", getattr(defaults, name)))
-            for name in cls.__dataclass_fields__
-        }
+        values: dict[str, int] = {}
+        for name in cls.__dataclass_fields__:
+            variable = cls.variable(name)
+            raw = os.environ.get(variable, str(getattr(defaults, name)))
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                raise StartupError(f"{variable}={raw!r} is not a port number") from None
+            if not 0 < values[name] < 65536:  # noqa: PLR2004 - the TCP port range
+                raise StartupError(f"{variable}={raw} is not a port number (1-65535)")
         return cls(**values)
+
+    @staticmethod
+    def variable(name: str) -> str:
+        """The environment variable that moves port ``name``: ``orders_worker`` → ``RELAY_ORDERS_WORKER_PORT``."""
+        return f"RELAY_{name.upper()}_PORT"
+
+    @staticmethod
+    def purpose(name: str) -> str:
+        """What listens on port ``name``, in words."""
+        known = {"postgres": "Postgres", "nats": "NATS", "nats_monitor": "NATS monitoring"}
+        if name in known:
+            return known[name]
+        service, _, role = name.partition("_")
+        if service in SERVICES:
+            return f"the {service} API" if not role else f"the {service} {role.replace('_', ' ')}"
+        return name.replace("_", " ")
+
+    def named(self) -> dict[str, int]:
+        """Every port by its field name."""
+        return {name: int(getattr(self, name)) for name in self.__dataclass_fields__}
 
     def api(self, service: str) -> int:
         """The HTTP port of a service's API."""
@@ -72,9 +130,101 @@ class StackPorts:
         return int(getattr(self, f"{service}_worker"))
 
 
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a plain listener could take ``host:port`` now.
+
+    ``SO_REUSEADDR`` only lets the probe ignore connections in TIME_WAIT (Linux never lets it share a
+    port with a listener); without ``SO_REUSEPORT`` it also collides with a granian that shares
+    its port through ``SO_REUSEPORT``, which a server of ours would otherwise join silently.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+            probe.listen(1)
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(ports: StackPorts) -> None:
+    """Refuse to start when two ports are the same or one is taken, naming the port and its variable.
+
+    Raises:
+        StartupError: One line naming the first conflict found.
+    """
+    seen: dict[int, str] = {}
+    for name, port in ports.named().items():
+        if port in seen:
+            first = seen[port]
+            raise StartupError(
+                f"port {port} is given twice: {StackPorts.variable(first)} ({StackPorts.purpose(first)}) "
+                f"and {StackPorts.variable(name)} ({StackPorts.purpose(name)})"
+            )
+        seen[port] = name
+    for name, port in ports.named().items():
+        if not port_is_free(port):
+            raise StartupError(
+                f"port {port} ({StackPorts.variable(name)}, for {StackPorts.purpose(name)}) is already in use; "
+                f"stop what holds it or move it with {StackPorts.variable(name)}=<port>"
+            )
+
+
 def installed_services() -> tuple[str, ...]:
     """The services whose package is present (a service is added to the stack by existing)."""
     return tuple(service for service in SERVICES if importlib.util.find_spec(f"{service}.cli") is not None)
+
+
+class StackLock:
+    """An exclusive ``flock`` on ``<data>/up.lock``, held for the supervisor's whole life.
+
+    The kernel releases it when the supervisor dies however it dies, so a stale lock never blocks.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "up.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> int | None:
+        """Take the lock and write our pid into it; returns ``None``, or the pid of the run holding it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return self._holder_pid()
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return None
+
+    def held_elsewhere(self) -> int | None:
+        """The pid of a running ``just up`` holding the lock, or ``None`` when none runs."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._holder_pid()
+        finally:
+            os.close(fd)  # closing drops the shared lock if we got it
+        return None
+
+    def _holder_pid(self) -> int:
+        # the holder writes its pid right after taking the lock: give it a moment
+        for _ in range(20):
+            with contextlib.suppress(OSError, ValueError):
+                return int(self.path.read_text().split()[0])
+            time.sleep(0.05)
+        return 0
+
+    def release(self) -> None:
+        """Drop the lock (the kernel does it anyway when the process ends)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass
@@ -85,9 +235,19 @@ class ServiceProcess:
     command: Sequence[str]
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    last_line: str = field(default="", repr=False)
+
+    @property
+    def role(self) -> str:
+        """``api``, ``worker`` or ``migrate``: the last part of the name."""
+        return self.name.rsplit("-", 1)[-1]
 
     def start(self, output: IO[str]) -> None:
-        """Start the process and a thread that copies its output, prefixed, to ``output``."""
+        """Start the process and a thread that copies its output, prefixed, to ``output``.
+
+        Call it from the main thread: the parent-death signal fires when the thread that forked
+        the child ends, not only the process.
+        """
         self.process = subprocess.Popen(  # noqa: S603 - our own console scripts
             list(self.command),
             env=self.env,
@@ -95,21 +255,43 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
+            # Its own session and process group: the terminal's Ctrl-C reaches only the supervisor,
+            # which stops the children in order, and the group reaches granian's worker processes.
+            start_new_session=True,
         )
         stream = self.process.stdout
         assert stream is not None  # noqa: S101 - stdout=PIPE above
-        prefix = f"{self.name:>13} | "
+        prefix = f"{self.name:>14} | "
 
         def copy() -> None:
             for line in iter(stream.readline, b""):
-                output.write(prefix + line.decode(errors="replace"))
+                text = line.decode(errors="replace")
+                if text.strip():
+                    self.last_line = text.strip()
+                output.write(prefix + text)
                 output.flush()
 
         threading.Thread(target=copy, name=f"log-{self.name}", daemon=True).start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it has not stopped in time."""
-        stop_process(self.process, timeout)
+    def exited(self) -> int | None:
+        """The exit code if the process has ended, else ``None``."""
+        return None if self.process is None else self.process.poll()
+
+    def request_stop(self) -> None:
+        """SIGTERM to the process itself: granian stops accepting and drains, a worker finishes its message."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+
+    def finish_stop(self, timeout: float) -> None:
+        """Wait for the process, then SIGKILL whatever is left of its process group."""
+        if self.process is not None:
+            await_process(self.process, timeout)
+
+    def stop(self, timeout: float = 25.0) -> None:
+        """SIGTERM, then SIGKILL its whole process group if it has not stopped in time."""
+        self.request_stop()
+        self.finish_stop(timeout)
 
 
 class DevStack:
@@ -121,20 +303,19 @@ class DevStack:
         ports: StackPorts,
         output: IO[str] = sys.stdout,
         services: tuple[str, ...] | None = None,
+        environ: dict[str, str] | None = None,
     ) -> None:
         self.root = root.resolve()
         self.ports = ports
         self.output = output
+        self.environ = dict(os.environ) if environ is None else environ
         self.services = installed_services() if services is None else services
         self.postgres = PostgresServer(self.root / "postgres", port=ports.postgres, durable=True)
         self.processes: list[ServiceProcess] = []
         self.stored = self.secrets()
-        self.nats = NatsServer(
-            self.root / "nats",
-            port=ports.nats,
-            monitor_port=ports.nats_monitor,
-            config=nats_authorization({service: self.stored[f"{service}_nats_password"] for service in SERVICES}),
-        )
+        self.nats = NatsServer(self.root / "nats", port=ports.nats, monitor_port=ports.nats_monitor)
+        self.failure = ""
+        """Why the last ``run`` could not start: ``main`` prints it as its one line."""
 
     @property
     def mail_dir(self) -> Path:
@@ -143,14 +324,14 @@ class DevStack:
 
     def say(self, message: str) -> None:
         """A line from the supervisor itself."""
-        self.output.write(f"{'up':>13} | {message}\n")
+        self.output.write(f"{'up':>14} | {message}\n")
         self.output.flush()
 
     def secrets(self) -> dict[str, str]:
         """Role and NATS passwords and the users signing key, made once and kept in ``.data/``."""
         path = self.root / "secrets.json"
         stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        wanted: dict[str, Callable[[], str]] = {"users_jwt_private_key": generate_private_key_pem}
+        wanted: dict[str, Callable[[], str]] = {"users_jwt_private_key": _new_signing_key}
         wanted |= {"notify_unsubscribe_secret": lambda: secrets.token_urlsafe(32)}
         for service in SERVICES:
             wanted[f"{service}_db_password"] = lambda: secrets.token_urlsafe(16)
@@ -162,78 +343,224 @@ class DevStack:
             path.chmod(0o600)
         return stored | missing
 
-    def service_env(self, service: str, database_url: str) -> dict[str, str]:
-        """The environment of one service's processes: what Kubernetes would put in its ConfigMap and Secret."""
+    def wiring(self, service: str, database_url: str) -> dict[str, str]:
+        """The variables that connect a service to this stack; the supervisor's values always win."""
         prefix = service.upper()
-        stored = self.stored
-        base = {key: value for key, value in os.environ.items() if not key.startswith(f"{prefix}_")}
-        env = base | {
+        env = {
             f"{prefix}_DATABASE_URL": database_url,
             f"{prefix}_NATS_URL": self.nats.url,
             f"{prefix}_NATS_USER": service,
-            f"{prefix}_NATS_PASSWORD": stored[f"{service}_nats_password"],
+            f"{prefix}_NATS_PASSWORD": self.stored[f"{service}_nats_password"],
             f"{prefix}_HTTP_HOST": "127.0.0.1",
             f"{prefix}_HTTP_PORT": str(self.ports.api(service)),
             f"{prefix}_WORKER_HEALTH_PORT": str(self.ports.worker(service)),
-            f"{prefix}_LOG_JSON": "false",
         }
-        signer = AccessTokenSigner(stored["users_jwt_private_key"], issuer="users", audiences=SERVICES, ttl_seconds=1)
         if service == "users":
-            env[f"{prefix}_JWT_PRIVATE_KEY"] = stored["users_jwt_private_key"]
+            env[f"{prefix}_JWT_PRIVATE_KEY"] = self.stored["users_jwt_private_key"]
         else:
-            env[f"{prefix}_JWT_PUBLIC_KEYS"] = signer.public_key_pem()
+            env[f"{prefix}_JWT_PUBLIC_KEYS"] = _public_key_pem(self.stored["users_jwt_private_key"])
+        return env
+
+    def local_defaults(self, service: str) -> dict[str, str]:
+        """Settings the supervisor picks for local use; the person's own ``<SERVICE>_*`` variables win."""
+        prefix = service.upper()
+        env = {f"{prefix}_LOG_JSON": "false"}
         if service == "notify":
             env |= {
                 "NOTIFY_EMAIL_URL": self.mail_dir.as_uri(),
-                "NOTIFY_UNSUBSCRIBE_SECRET": stored["notify_unsubscribe_secret"],
+                "NOTIFY_UNSUBSCRIBE_SECRET": self.stored["notify_unsubscribe_secret"],
                 "NOTIFY_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.ports.api(service)}",
             }
         return env
 
+    def own_variables(self, service: str, database_url: str) -> dict[str, str]:
+        """Every ``<SERVICE>_*`` variable a service's processes get.
+
+        Three layers, later ones winning: the supervisor's local defaults, the person's own
+        ``<SERVICE>_*`` variables (CORS origins, log level, email URL, any setting), and the
+        wiring to this stack (database, NATS, ports, keys), which a person's variable cannot
+        override: move ports with ``RELAY_*_PORT`` instead. A person's ``X_FILE`` counts as ``X``.
+        """
+        prefix = f"{service.upper()}_"
+        wiring = self.wiring(service, database_url)
+        mine = {key: value for key, value in self.environ.items() if key.startswith(prefix)}
+        defaults = {
+            key: value
+            for key, value in self.local_defaults(service).items()
+            if key not in mine and f"{key}_FILE" not in mine
+        }
+        passed = {
+            key: value for key, value in mine.items() if key not in wiring and key.removesuffix("_FILE") not in wiring
+        }
+        return defaults | passed | wiring
+
+    def ignored_variables(self, service: str) -> list[str]:
+        """The person's variables that ``own_variables`` overrides with the stack's wiring."""
+        wiring = self.wiring(service, "")
+        prefix = f"{service.upper()}_"
+        return sorted(
+            key
+            for key in self.environ
+            if key.startswith(prefix) and (key in wiring or key.removesuffix("_FILE") in wiring)
+        )
+
+    def service_env(self, service: str, database_url: str) -> dict[str, str]:
+        """The environment of one service's processes: what Kubernetes would put in its ConfigMap and Secret."""
+        prefix = f"{service.upper()}_"
+        base = {key: value for key, value in self.environ.items() if not key.startswith(prefix)}
+        return base | self.own_variables(service, database_url)
+
     def run(self) -> int:
-        """Start everything, wait until ready, then supervise (restarting what dies) until a signal."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o755)
+        """Start everything, wait until ready, then supervise (restarting what dies) until a signal.
+
+        Returns:
+            0 after a signal, 1 when start-up failed (one line says why) or a process kept dying.
+        """
         started = time.monotonic()
         stopping = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stopping.set())
         try:
-            self.say(f"postgres on 127.0.0.1:{self.ports.postgres} ({self.postgres.bin_dir})")
-            self.postgres.start()
-            self.say(f"nats on 127.0.0.1:{self.ports.nats}")
-            self.nats.start()
-            urls = asyncio.run(self._provision())
-            bin_dir = Path(sys.executable).parent
-            for service in self.services:
-                env = self.service_env(service, urls[service])
-                self.say(f"migrating {service}")
-                subprocess.run([str(bin_dir / service), "migrate"], env=env, check=True)  # noqa: S603
-                for role in ("api", "worker"):
-                    process = ServiceProcess(f"{service}-{role}", [str(bin_dir / service), role], env)
-                    process.start(self.output)
-                    self.processes.append(process)
-            for service in self.services:
-                self._wait_ready(f"http://127.0.0.1:{self.ports.api(service)}/health/ready", stopping)
-                self._wait_ready(f"http://127.0.0.1:{self.ports.worker(service)}/health/ready", stopping)
-            if stopping.is_set():
+            try:
+                ready = self._start(stopping, started)
+            except StartupError as error:
+                self._fail(str(error))
+                return 1
+            except Exception as error:  # noqa: BLE001 - any start-up failure is one line, not a traceback
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                self._fail(f"{type(error).__name__}: {first}" if first else type(error).__name__)
+                return 1
+            if not ready:
                 return 0
-            self._write_pid_files()
-            self._print_urls(time.monotonic() - started)
             return self._supervise(stopping)
         finally:
-            self.say("stopping")
-            for process in reversed(self.processes):
-                process.stop()
-            self.nats.stop()
-            self.postgres.stop()
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            self.say("stopped")
+            self._stop_everything()
+
+    def _fail(self, message: str) -> None:
+        self.failure = message
+
+    def _start(self, stopping: threading.Event, started: float) -> bool:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        self._clear_leftovers()
+        check_ports(self.ports)
+        from shared.events.permissions import nats_authorization
+
+        self.nats.config = nats_authorization({s: self.stored[f"{s}_nats_password"] for s in SERVICES})
+        for service in self.services:
+            for key in self.ignored_variables(service):
+                self.say(f"ignoring {key} from the environment: just up sets it (ports move with RELAY_*_PORT)")
+        # Both servers boot side by side; the supervisor imports the database layer meanwhile.
+        self.say(f"starting postgres on 127.0.0.1:{self.ports.postgres} and nats on 127.0.0.1:{self.ports.nats}")
+        self.nats.launch()
+        self.postgres.launch()
+        import shared.db  # noqa: F401 - imported while the servers boot, used by _provision
+
+        if not self._wait({"postgres": self.postgres.poll_ready, "nats": self.nats.poll_ready}, stopping, 60.0):
+            return False
+        urls = asyncio.run(self._provision())
+        bin_dir = Path(sys.executable).parent
+        self.say(f"migrating {', '.join(self.services)}")
+        migrations = [
+            ServiceProcess(
+                f"{service}-migrate", [str(bin_dir / service), "migrate"], self.service_env(service, urls[service])
+            )
+            for service in self.services
+        ]
+        for migration in migrations:
+            migration.start(self.output)
+            self.processes.append(migration)
+        if not self._wait({m.name: _finished(m) for m in migrations}, stopping, 180.0):
+            return False
+        self.processes = [process for process in self.processes if process.role != "migrate"]
+        waiting: dict[str, Callable[[], bool]] = {}
+        for service in self.services:
+            env = self.service_env(service, urls[service])
+            for role, port in (("api", self.ports.api(service)), ("worker", self.ports.worker(service))):
+                process = ServiceProcess(f"{service}-{role}", [str(bin_dir / service), role], env)
+                process.start(self.output)
+                self.processes.append(process)
+                waiting[process.name] = _answers_ready(process, f"http://127.0.0.1:{port}/health/ready")
+        if not self._wait(waiting, stopping, 180.0):
+            return False
+        self._write_run_files(urls)
+        self._print_urls(time.monotonic() - started)
+        return True
+
+    def _wait(self, checks: dict[str, Callable[[], bool]], stopping: threading.Event, timeout: float) -> bool:
+        """Poll every check until all pass; say which are still pending every few seconds.
+
+        Returns False when a signal asked us to stop first. A check raises ``StartupError`` when
+        what it waits for has failed; still waiting after ``timeout`` is a failure too.
+        """
+        pending = dict(checks)
+        begun = time.monotonic()
+        last_said = begun
+        while pending:
+            if stopping.is_set():
+                return False
+            for name, check in list(pending.items()):
+                if check():
+                    del pending[name]
+            now = time.monotonic()
+            if pending and now - begun > timeout:
+                raise StartupError(f"{', '.join(pending)} not ready after {timeout:.0f}s")
+            if pending and now - last_said >= PROGRESS_EVERY:
+                self.say(f"waiting for {', '.join(pending)} ({now - begun:.0f}s)")
+                last_said = now
+            if pending:
+                stopping.wait(0.1)
+        return True
+
+    def _clear_leftovers(self) -> None:
+        # After a crash of the supervisor, its children are still on their way out (the
+        # parent-death signal reached them). We hold the lock, so they are ours: wait for them,
+        # then make sure their process groups are gone before anything binds their ports.
+        pid_files = list(self.run_dir.glob("*.pid")) if self.run_dir.exists() else []
+        deadline = time.monotonic() + 20.0
+        for pid_file in pid_files:
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(pid_file.read_text().split()[0])
+                while process_group_members(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if pid_file.stem != "postgres":  # Postgres is left to finish its shutdown
+                    kill_process_group(pid)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _stop_everything(self) -> None:
+        if self.nats.process is None and self.postgres.process is None and not self.processes:
+            return  # refused before starting anything
+        self.say("stopping")
+        # APIs first: they stop accepting and finish the requests in flight while the database
+        # and NATS still run; then the workers; then NATS; Postgres last.
+        for role, timeout in (("migrate", 10.0), ("api", 25.0), ("worker", 15.0)):
+            group = [process for process in self.processes if process.role == role]
+            for process in group:
+                process.request_stop()
+            for process in group:
+                process.finish_stop(timeout)
+                self.say(f"stopped {process.name}")
+        for name, server in (("nats", self.nats), ("postgres", self.postgres)):
+            if server.process is not None:
+                server.stop()
+                self.say(f"stopped {name}")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.say("stopped")
 
     @property
     def run_dir(self) -> Path:
         """``<name>.pid`` of every process the stack runs, for operators and fault-injection tests."""
         return self.root / "run"
+
+    def _write_run_files(self, urls: dict[str, str]) -> None:
+        self._write_pid_files()
+        env_dir = self.run_dir / "env"
+        env_dir.mkdir(exist_ok=True)
+        env_dir.chmod(0o700)
+        for service in self.services:
+            path = env_dir / f"{service}.json"
+            path.write_text(json.dumps(self.own_variables(service, urls[service]), indent=2))
+            path.chmod(0o600)
 
     def _write_pid_files(self) -> None:
         self.run_dir.mkdir(exist_ok=True)
@@ -247,7 +574,7 @@ class DevStack:
         """Restart whatever dies, as an orchestrator would; give up on a process that keeps dying."""
         restarts: dict[str, int] = {}
         while not stopping.wait(0.5):
-            dead = [(name, code) for name, code in self._exited()]
+            dead = self._exited()
             for name, code in dead:
                 restarts[name] = restarts.get(name, 0) + 1
                 if restarts[name] > max_restarts:
@@ -269,37 +596,40 @@ class DevStack:
         ]
 
     def _restart(self, name: str) -> None:
-        if name == "postgres":
-            self.postgres.start()
-        elif name == "nats":
-            self.nats.start()
-        else:
-            next(process for process in self.processes if process.name == name).start(self.output)
+        children = {"postgres": self.postgres.process, "nats": self.nats.process}
+        children |= {process.name: process.process for process in self.processes}
+        old = children[name]
+        if old is not None:
+            # A SIGKILLed granian leaves its worker serving the port under PID 1: the whole old
+            # group goes before the new process starts, so exactly one listens afterwards.
+            kill_process_group(old.pid)
+        try:
+            if name == "postgres":
+                self.postgres.start()
+            elif name == "nats":
+                self.nats.start()
+            else:
+                next(process for process in self.processes if process.name == name).start(self.output)
+        except (RuntimeError, TimeoutError) as error:
+            self.say(f"{name} did not start again: {error}")
 
     def database_url(self, service: str) -> str:
         """The URL a service connects with, as its own role."""
         return self.postgres.url(DATABASE, user=service, password=self.stored[f"{service}_db_password"])
 
     async def _provision(self) -> dict[str, str]:
-        await _ensure_database(self.postgres.url(), DATABASE)
-        for service in self.services:
-            await provision_service_role(
-                self.postgres.url(DATABASE), service=service, password=self.stored[f"{service}_db_password"]
-            )
-        return {service: self.database_url(service) for service in self.services}
+        from shared.db import provision_service_role
 
-    def _wait_ready(self, url: str, stopping: threading.Event, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not stopping.is_set():
-            with suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
-                if response.status == 200:  # noqa: PLR2004
-                    return
-            for process in self.processes:
-                if process.process is not None and process.process.poll() is not None:
-                    raise RuntimeError(f"{process.name} exited during start-up")
-            time.sleep(0.2)
-        if not stopping.is_set():
-            raise TimeoutError(f"{url} not ready after {timeout}s")
+        await _ensure_database(self.postgres.url(), DATABASE)
+        await asyncio.gather(
+            *(
+                provision_service_role(
+                    self.postgres.url(DATABASE), service=service, password=self.stored[f"{service}_db_password"]
+                )
+                for service in self.services
+            )
+        )
+        return {service: self.database_url(service) for service in self.services}
 
     def _print_urls(self, seconds: float) -> None:
         rows = []
@@ -316,7 +646,60 @@ class DevStack:
         self.say(f"ready in {seconds:.1f}s")
         for name, url in rows:
             self.say(f"  {name:<15} {url}")
+        self.say('one service\'s settings for its CLI: eval "$(uv run just env <service>)"')
         self.say("Ctrl-C stops everything")
+
+
+def _finished(process: ServiceProcess) -> Callable[[], bool]:
+    def check() -> bool:
+        code = process.exited()
+        if code is None:
+            return False
+        if code != 0:
+            said = f": {process.last_line}" if process.last_line else ""
+            raise StartupError(f"{process.name} failed with exit code {code}{said}")
+        return True
+
+    return check
+
+
+def _answers_ready(process: ServiceProcess, url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        code = process.exited()
+        if code is not None:
+            said = f": {process.last_line}" if process.last_line else ""
+            raise StartupError(f"{process.name} exited with {code} during start-up{said}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)  # noqa: PLR2004
+        return False
+
+    return check
+
+
+# The two key helpers use cryptography directly: importing shared.auth would import Litestar
+# into the supervisor, seconds of start-up spent before Postgres even starts.
+
+
+def _new_signing_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return (
+        Ed25519PrivateKey.generate()
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
+
+
+def _public_key_pem(private_key_pem: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(private_key_pem.encode(), password=None)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 async def _ensure_database(admin_url: str, name: str) -> None:
@@ -333,14 +716,72 @@ async def _ensure_database(admin_url: str, name: str) -> None:
         await engine.dispose()
 
 
+def export_lines(root: Path, service: str) -> str:
+    """``export`` lines with the settings a running stack gave ``service``, for ``eval`` in a shell.
+
+    Raises:
+        StartupError: No ``just up`` runs in ``root``, or it does not run ``service``.
+    """
+    holder = StackLock(root).held_elsewhere()
+    env_file = root / "run" / "env" / f"{service}.json"
+    if holder is None:
+        raise StartupError(f"no `just up` is running in {root}: start it first")
+    if not env_file.exists():
+        raise StartupError(f"the stack in {root} (pid {holder}) runs no service {service!r} or is still starting")
+    variables: dict[str, str] = json.loads(env_file.read_text())
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in sorted(variables.items()))
+
+
+def _fresh(root: Path, keep: Iterable[Path]) -> None:
+    kept = {path.resolve() for path in keep}
+    for entry in root.iterdir() if root.exists() else ():
+        if entry.resolve() in kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m shared.devstack [--fresh] [--data DIR]``."""
+    """``python -m shared.devstack [--fresh] [--data DIR]`` or ``python -m shared.devstack env SERVICE``.
+
+    Every failure to start is one line on stderr and a non-zero exit code.
+    """
     import argparse
 
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    default_data = Path(os.environ.get("RELAY_DATA", ".data"))
+    if arguments[:1] == ["env"]:
+        parser = argparse.ArgumentParser(
+            prog="just env", description="Print the export lines one service's CLI needs against the running stack."
+        )
+        parser.add_argument("service", choices=SERVICES)
+        parser.add_argument("--data", type=Path, default=default_data, help="data directory (default .data)")
+        args = parser.parse_args(arguments[1:])
+        try:
+            sys.stdout.write(export_lines(args.data.resolve(), args.service))
+        except StartupError as error:
+            sys.stderr.write(f"just env: {error}\n")
+            return 1
+        return 0
     parser = argparse.ArgumentParser(prog="just up", description="Run Relay Shop locally.")
     parser.add_argument("--fresh", action="store_true", help="wipe the data directory first")
-    parser.add_argument("--data", type=Path, default=Path(".data"), help="data directory (default .data)")
-    args = parser.parse_args(argv)
-    if args.fresh:
-        shutil.rmtree(args.data, ignore_errors=True)
-    return DevStack(args.data, StackPorts.from_environment()).run()
+    parser.add_argument("--data", type=Path, default=default_data, help="data directory (default .data)")
+    args = parser.parse_args(arguments)
+    lock = StackLock(args.data)
+    try:
+        holder = lock.acquire()
+        if holder is not None:
+            raise StartupError(f"already running (pid {holder}) in {args.data.resolve()}")
+        if args.fresh:
+            _fresh(args.data, keep=[lock.path])
+        stack = DevStack(args.data, StackPorts.from_environment())
+    except (StartupError, OSError, ValueError) as error:
+        sys.stderr.write(f"just up: {error}\n")
+        return 1
+    code = stack.run()
+    if stack.failure:
+        sys.stderr.write(f"just up: {stack.failure}\n")
+    lock.release()
+    return code
