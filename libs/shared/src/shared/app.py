@@ -18,11 +18,13 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from sqlalchemy.exc import ProgrammingError
 
 from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_keys, provide_current_user
+from shared.boundary import InputBoundaryMiddleware, security_headers
 from shared.db import ServiceDatabase, alchemy_config
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
 from shared.events.permissions import inbox_prefix
 from shared.health import ReadinessCheck, create_health_controller
+from shared.pagination import provide_page_request
 from shared.telemetry import RouteSpanNameMiddleware, configure_logging, configure_tracing
 
 if TYPE_CHECKING:
@@ -165,15 +167,26 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
             create_health_controller(_readiness_checks(app_config, alchemy, runtime)),
             PrometheusController,
         ],
-        dependencies={"user": Provide(provide_current_user), **app_config.dependencies},
+        dependencies={
+            "user": Provide(provide_current_user),
+            "page": Provide(provide_page_request, sync_to_thread=False),
+            **app_config.dependencies,
+        },
         plugins=[
             SQLAlchemyPlugin(config=alchemy),
             OpenTelemetryPlugin(
                 OpenTelemetryConfig(exclude=list(_UNAUTHENTICATED_PATHS), exclude_spans=["send", "receive"])
             ),
         ],
-        middleware=[RouteSpanNameMiddleware(), prometheus.middleware, AuthenticationMiddleware(verifier)],
+        middleware=[
+            RouteSpanNameMiddleware(),
+            prometheus.middleware,
+            # Before authentication: hostile input is refused without verifying a token first.
+            InputBoundaryMiddleware(),
+            AuthenticationMiddleware(verifier),
+        ],
         exception_handlers=exception_handlers(),
+        before_send=[security_headers],
         lifespan=[connections],
         on_startup=list(app_config.on_startup),
         on_shutdown=list(app_config.on_shutdown),

@@ -99,10 +99,14 @@ def alchemy_config(database_url: str, *, pool_size: int, null_pool: bool = False
     Sessions never commit on their own: a service commits explicitly before it answers, so a
     failed commit is an error the client sees, not a 201 for data that was never saved.
     """
+    # hide_parameters: SQLAlchemy otherwise writes bound values (password hashes, emails) into
+    # every database error's message, and so into logs.
     engine_config = (
-        EngineConfig(poolclass=pool.NullPool)
+        EngineConfig(poolclass=pool.NullPool, hide_parameters=True)
         if null_pool
-        else EngineConfig(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800)
+        else EngineConfig(
+            pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800, hide_parameters=True
+        )
     )
     return SQLAlchemyAsyncConfig(
         connection_string=database_url,

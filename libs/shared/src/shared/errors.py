@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import asyncpg.exceptions
 import msgspec
+import sqlalchemy.exc
 import structlog
 from advanced_alchemy.exceptions import (
     DuplicateKeyError,
@@ -217,8 +219,40 @@ def handle_domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Re
     return _problem_response(request, problem, exc.headers)
 
 
+def _is_data_error(exc: BaseException) -> bool:
+    # Postgres refused a value (SQLSTATE class 22: a number out of range, NUL in text) or asyncpg
+    # could not encode one. advanced-alchemy wraps it in its IntegrityError, and SQLAlchemy's
+    # asyncpg dialect in a bare DBAPIError, so look along the chain of causes.
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DataError | asyncpg.exceptions.DataError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def handle_data_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """A value the database cannot store: the input's fault (400), never a conflict (409).
+
+    The input boundary and the schemas' bounds should have refused it already: the warning
+    (error type only, never the statement's parameters) says which route lacks a bound.
+    """
+    log.warning("database refused a value", path=request.url.path, error_type=type(exc).__name__)
+    problem = Problem(
+        status=HTTP_400_BAD_REQUEST,
+        title=_STATUS_TITLES[400],
+        detail="A value in the request cannot be stored (out of range or not representable).",
+        instance=request.url.path,
+    )
+    return _problem_response(request, problem)
+
+
 def handle_repository_error(request: Request[Any, Any, Any], exc: RepositoryError) -> Response[Problem]:
     """advanced-alchemy's errors: a missing row is a 404, a broken constraint a 409."""
+    if _is_data_error(exc):
+        return handle_data_error(request, exc)
     if isinstance(exc, NotFoundError):
         return handle_domain_error(request, NotFound("No such resource."))
     if isinstance(exc, DuplicateKeyError | IntegrityError | ForeignKeyError):
@@ -228,6 +262,8 @@ def handle_repository_error(request: Request[Any, Any, Any], exc: RepositoryErro
 
 def handle_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """Anything unexpected: logged with its traceback, answered without it."""
+    if _is_data_error(exc):
+        return handle_data_error(request, exc)
     log.exception("unhandled error", path=request.url.path, error_type=type(exc).__name__)
     problem = Problem(status=HTTP_500_INTERNAL_SERVER_ERROR, title=_STATUS_TITLES[500], instance=request.url.path)
     return _problem_response(request, problem)

@@ -15,6 +15,7 @@ from notify.live import NotificationFeed
 from notify.schemas import NotificationOut, NotificationPage, Preferences, ReadAllOut, UnsubscribeOut
 from notify.service import NotificationService
 from shared.auth import CurrentUser, signed_in
+from shared.pagination import PageRequest
 
 __all__ = ("NotificationController", "UnsubscribeController")
 
@@ -35,12 +36,11 @@ class NotificationController(Controller):
         self,
         user: CurrentUser,
         notifications: Notifications,
+        page: NamedDependency[PageRequest],
         unread: Annotated[bool, QueryParameter(description="Only the unread ones.")] = False,
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> NotificationPage:
         """Your notifications, newest first, with how many are unread."""
-        return await notifications.page(user.id, unread_only=unread, limit=limit, offset=offset)
+        return await notifications.page(user.id, unread_only=unread, limit=page.limit, offset=page.offset)
 
     @post("/{notification_id:uuid}/read", status_code=HTTP_200_OK)
     async def mark_read(

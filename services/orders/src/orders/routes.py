@@ -26,6 +26,7 @@ from orders.schemas import (
 from orders.service import CatalogService, OrderAction, OrderService
 from shared.auth import CurrentUser, Principal, admin_only, signed_in
 from shared.errors import Problem
+from shared.pagination import PageRequest
 
 __all__ = ("OrderController", "ProductController")
 
@@ -67,17 +68,16 @@ class ProductController(Controller):
         self,
         request: Request[Any, Any, Any],
         catalog: Catalog,
+        page: NamedDependency[PageRequest],
         q: Annotated[str | None, QueryParameter(max_length=100, description="Search name and SKU.")] = None,
         active: Annotated[
             bool | None, QueryParameter(description="Administrators may list inactive products (false) or all (omit).")
         ] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> ProductPage:
         """Products by name. Everyone else sees active products only."""
         caller = _caller(request)
         shown = active if caller is not None and caller.is_admin else True
-        return await catalog.list_products(search=q, active=shown, limit=limit, offset=offset)
+        return await catalog.list_products(search=q, active=shown, limit=page.limit, offset=page.offset)
 
     @get("/{product_id:uuid}", responses=_problems(404))
     async def show_product(
@@ -165,15 +165,14 @@ class OrderController(Controller):
         self,
         user: CurrentUser,
         orders: Orders,
+        page: NamedDependency[PageRequest],
         status: Annotated[OrderStatus | None, QueryParameter()] = None,
         user_id: Annotated[
             uuid.UUID | None, QueryParameter(description="Administrators: one customer's orders.")
         ] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> OrderPage:
         """Your orders, newest first (administrators: everyone's, filtered)."""
-        return await orders.list_orders(user, owner=user_id, status=status, limit=limit, offset=offset)
+        return await orders.list_orders(user, owner=user_id, status=status, limit=page.limit, offset=page.offset)
 
     @get("/{order_id:uuid}", responses=_problems(401, 404))
     async def show_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:

@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter, URLEncodedBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from shared.auth import AccessTokenSigner, CurrentUser, admin_only, jwk_from_public_key, signed_in
+from shared.pagination import PageRequest
 from users.schemas import (
     AdminUserUpdate,
     LoginForm,
@@ -119,12 +120,11 @@ class AdminUserController(Controller):
     async def list_users(
         self,
         users: Users,
+        page: NamedDependency[PageRequest],
         q: Annotated[str | None, QueryParameter(max_length=100, description="Search email and name.")] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
     ) -> UserPage:
         """Accounts, newest first, optionally filtered by a search term."""
-        return await users.list(search=q, limit=limit, offset=offset)
+        return await users.list(search=q, limit=page.limit, offset=page.offset)
 
     @get("/{user_id:uuid}")
     async def show_user(self, user_id: FromPath[uuid.UUID], users: Users) -> UserOut:

@@ -1,0 +1,41 @@
+"""One way to ask for a page of a list: ``limit`` and ``offset``, bounded, for every list route.
+
+``shared.app`` provides it to every handler as the ``page`` dependency; a list route declares
+``page: NamedDependency[PageRequest]`` and gets both query parameters, documented and checked
+(a value outside the bounds is a 400 naming the parameter, before any query runs).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+from litestar.params import QueryParameter
+
+__all__ = ("DEFAULT_PAGE_SIZE", "MAX_OFFSET", "MAX_PAGE_SIZE", "PageRequest", "provide_page_request")
+
+DEFAULT_PAGE_SIZE: Final = 20
+MAX_PAGE_SIZE: Final = 100
+MAX_OFFSET: Final = 10_000
+"""Deepest offset a client may ask for. Postgres reads and throws away every skipped row, so an
+unbounded offset is an unbounded query; and an offset past 2**63 does not even fit the column type
+(500 before this bound). 10,000 rows is 100 pages of the largest size."""
+
+
+class PageRequest(msgspec.Struct, frozen=True):
+    """Which slice of a list the client asked for."""
+
+    limit: int
+    """How many items, 1 to ``MAX_PAGE_SIZE``."""
+    offset: int
+    """How many items to skip, 0 to ``MAX_OFFSET``."""
+
+
+def provide_page_request(
+    limit: Annotated[
+        int, QueryParameter(ge=1, le=MAX_PAGE_SIZE, description="How many items to return.")
+    ] = DEFAULT_PAGE_SIZE,
+    offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET, description="How many items to skip.")] = 0,
+) -> PageRequest:
+    """The ``page`` dependency: the bounded ``limit`` and ``offset`` query parameters."""
+    return PageRequest(limit=limit, offset=offset)
