@@ -10,6 +10,10 @@ default:
 up *args:
     python -m shared.devstack {{args}}
 
+# print the export lines one service's CLI needs against the running `just up`: eval "$(uv run just env users)"
+env service *args:
+    @python -m shared.devstack env {{service}} {{args}}
+
 # walk a client through the whole story against a running `just up` (in another terminal)
 demo:
     python scripts/demo.py
