@@ -55,12 +55,12 @@ def test_variable_wins_over_file(tmp_path: Path) -> None:
 
 
 def test_missing_required_setting_is_a_clear_error() -> None:
-    with pytest.raises(SettingsError, match="database_url"):
+    with pytest.raises(SettingsError, match=r"^SHOP_DATABASE_URL is not set$"):
         load_settings(ShopSettings, "SHOP", {})
 
 
 def test_wrong_type_is_a_clear_error() -> None:
-    with pytest.raises(SettingsError, match="retries"):
+    with pytest.raises(SettingsError, match=r"^SHOP_RETRIES: expected int, got 'many'$"):
         load_settings(ShopSettings, "SHOP", {"SHOP_DATABASE_URL": "postgresql://x", "SHOP_RETRIES": "many"})
 
 
@@ -69,3 +69,35 @@ def test_unreadable_secret_file_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(
             ShopSettings, "SHOP", {"SHOP_DATABASE_URL": "postgresql://x", "SHOP_API_KEY_FILE": str(tmp_path / "nope")}
         )
+
+
+def test_an_empty_required_setting_counts_as_missing() -> None:
+    with pytest.raises(SettingsError, match=r"^SHOP_DATABASE_URL is empty$"):
+        load_settings(ShopSettings, "SHOP", {"SHOP_DATABASE_URL": "  "})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SHOP_HTTP_PORT", "abc", "SHOP_HTTP_PORT: expected int, got 'abc'"),
+        ("SHOP_LOG_JSON", "maybe", "SHOP_LOG_JSON: expected bool, got 'maybe'"),
+        ("SHOP_OUTBOX_POLL_SECONDS", "soon", "SHOP_OUTBOX_POLL_SECONDS: expected float, got 'soon'"),
+        ("SHOP_DATABASE_URL", "not a url", "SHOP_DATABASE_URL: not a database URL"),
+        ("SHOP_NATS_URL", " , ", "SHOP_NATS_URL: no NATS server URL given"),
+        ("SHOP_NATS_URL", "http://nats:4222", "SHOP_NATS_URL: 'http://nats:4222' is not a NATS URL"),
+        ("SHOP_NATS_URL", "nats://nats:port", "SHOP_NATS_URL: 'nats://nats:port' has an invalid port"),
+    ],
+)
+def test_each_invalid_value_names_its_variable_on_one_line(variable: str, value: str, message: str) -> None:
+    environ = {"SHOP_DATABASE_URL": "postgresql+asyncpg://shop@db/shop", variable: value}
+    with pytest.raises(SettingsError) as raised:
+        load_settings(ShopSettings, "SHOP", environ)
+    assert str(raised.value).startswith(message)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_secret_file_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    secret = tmp_path / "binary"
+    secret.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SettingsError, match=r"^SHOP_DATABASE_URL_FILE: cannot read "):
+        load_settings(ShopSettings, "SHOP", {"SHOP_DATABASE_URL_FILE": str(secret)})

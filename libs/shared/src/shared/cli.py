@@ -1,11 +1,21 @@
-"""The commands every service has: ``api``, ``worker``, ``migrate``, ``revision`` and ``events``."""
+"""The commands every service has: ``api``, ``worker``, ``migrate``, ``revision`` and ``events``.
+
+An operator reads a failure on one line and gets a non-zero exit status: 2 when the settings are
+wrong (a variable missing, of the wrong type, a secret file unreadable), 1 when something the
+command needs is unreachable (the database, NATS) or refused the work. ``--traceback`` shows the
+whole story when a developer needs it.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from shared.db import database_failure_reason, is_database_unavailable
+from shared.events.connection import NatsConfigurationError, NatsUnavailableError
+from shared.settings import SettingsError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -15,7 +25,69 @@ if TYPE_CHECKING:
     from shared.settings import ServiceSettings
     from shared.worker import Worker, WorkerPlan
 
-__all__ = ("events_commands", "service_cli")
+__all__ = ("CommandFailedError", "ServiceGroup", "events_commands", "service_cli")
+
+CONFIGURATION_EXIT_CODE = 2
+"""The settings are wrong: the same status click gives a usage error."""
+
+
+class CommandFailedError(click.ClickException):
+    """A failure an operator can act on, shown as one line: ``<service>: <what went wrong>``."""
+
+    def __init__(self, service: str, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.service = service
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it a ClassVar, yet reads it per instance
+
+    def show(self, file: Any = None) -> None:
+        """Write the one line to stderr."""
+        click.echo(f"{self.service}: {self.format_message()}", err=True, file=file)
+
+
+class ServiceGroup(click.Group):
+    """A service's command group that turns every failure of its commands into one line.
+
+    Commands added later (``users create-admin``) get the same treatment, since they run inside
+    the group's ``invoke``.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; translate what escapes it into a :class:`CommandFailedError`."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:
+            if ctx.params.get("traceback"):
+                raise
+            raise CommandFailedError(str(self.name), *_explain(error)) from error
+
+
+def _explain(error: BaseException) -> tuple[str, int]:
+    """What to tell the operator about ``error``, and the exit status."""
+    if isinstance(error, SettingsError):
+        return str(error), CONFIGURATION_EXIT_CODE
+    if isinstance(error, NatsConfigurationError):
+        return f"NATS settings: {error}", CONFIGURATION_EXIT_CODE
+    if isinstance(error, NatsUnavailableError):
+        return str(error), 1
+    if is_database_unavailable(error):
+        return f"cannot reach the database: {database_failure_reason(error)}", 1
+    if _is_database_error(error):
+        return f"database error: {database_failure_reason(error)}", 1
+    first_line = _first_line(error)
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__, 1
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def _is_database_error(error: BaseException) -> bool:
+    import asyncpg.exceptions
+    import sqlalchemy.exc
+
+    return isinstance(error, sqlalchemy.exc.SQLAlchemyError | asyncpg.exceptions.PostgresError)
 
 
 def service_cli(
@@ -36,8 +108,9 @@ def service_cli(
         worker_plan: What the service's worker runs (relay, consumers, sweeps).
     """
 
-    @click.group(name=name, help=f"The {name} service.")
-    def group() -> None:
+    @click.group(name=name, cls=ServiceGroup, help=f"The {name} service.")
+    @click.option("--traceback", is_flag=True, help="Show the whole traceback of a failure, not one line.")
+    def group(traceback: bool) -> None:  # read by ServiceGroup.invoke from the context
         pass
 
     @group.command()
@@ -49,6 +122,9 @@ def service_cli(
         from granian.constants import Interfaces
 
         settings = load_settings()
+        # Build the app once here, so a setting only the app reads (a key, a URL) fails now, on
+        # one line, instead of in every granian worker with a traceback.
+        _build_app(app_factory)
         Granian(
             target=app_factory,
             factory=True,
@@ -130,15 +206,7 @@ def events_commands(name: str, worker_plan: Callable[[], WorkerPlan]) -> click.G
         """Run dead letters through their consumer again (the inbox still prevents double effects)."""
 
         async def run(worker: Worker) -> None:
-            letters = _dead_letters(worker)
-            chosen = [letter.sequence for letter in await letters.list()] if every else [_required(sequence)]
-            consumers = {consumer.spec.durable: consumer for consumer in worker.consumers}
-            for number in chosen:
-                letter = await letters.get(number)
-                if letter is None or letter.consumer not in consumers:
-                    raise click.ClickException(f"no dead letter {number} for {name}")
-                outcome = await letters.replay(number, consumers[letter.consumer])
-                click.echo(f"{number}: {outcome}")
+            await _replay(name, worker, sequence, every=every)
 
         _with_worker(worker_plan, run)
 
@@ -153,12 +221,46 @@ def events_commands(name: str, worker_plan: Callable[[], WorkerPlan]) -> click.G
             chosen = [letter.sequence for letter in await letters.list()] if every else [_required(sequence)]
             for number in chosen:
                 if not await letters.discard(number):
-                    raise click.ClickException(f"no dead letter {number} for {name}")
+                    raise CommandFailedError(name, f"no dead letter {number}")
                 click.echo(f"{number}: discarded")
 
         _with_worker(worker_plan, run)
 
     return events
+
+
+async def _replay(name: str, worker: Worker, sequence: int | None, *, every: bool) -> None:
+    """Replay one dead letter (its failure is the command's) or all of them (each says how it went)."""
+    letters = _dead_letters(worker)
+    chosen = [letter.sequence for letter in await letters.list()] if every else [_required(sequence)]
+    consumers = {consumer.spec.durable: consumer for consumer in worker.consumers}
+    failed = 0
+    for number in chosen:
+        letter = await letters.get(number)
+        if letter is None or letter.consumer not in consumers:
+            raise CommandFailedError(name, f"no dead letter {number}")
+        try:
+            outcome = await letters.replay(number, consumers[letter.consumer])
+        except Exception as error:
+            if is_database_unavailable(error) or isinstance(error, NatsUnavailableError):
+                raise
+            # Undecodable, no handler, or the handler failed again: it stays a dead letter.
+            reason = _first_line(error) if isinstance(error, ValueError) else _explain(error)[0]
+            if not every:
+                raise CommandFailedError(name, f"dead letter {number} not replayed: {reason}") from error
+            click.echo(f"{number}: not replayed: {reason}")
+            failed += 1
+        else:
+            click.echo(f"{number}: {outcome}")
+    if failed:
+        raise CommandFailedError(name, f"{failed} of {len(chosen)} dead letter(s) not replayed")
+
+
+def _build_app(app_factory: str) -> None:
+    from importlib import import_module
+
+    module, _, factory = app_factory.partition(":")
+    getattr(import_module(module), factory)()
 
 
 def _required(sequence: int | None) -> int:

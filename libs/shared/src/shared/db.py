@@ -11,6 +11,8 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+import asyncpg.exceptions
+import sqlalchemy.exc
 from advanced_alchemy.base import create_registry
 from advanced_alchemy.extensions.litestar import (
     AsyncSessionConfig,
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = (
     "NAMING_CONVENTION",
     "contains_pattern",
+    "database_failure_reason",
+    "is_database_unavailable",
     "unit_of_work",
     "VERSION_TABLE",
     "ServiceDatabase",
@@ -79,6 +83,46 @@ async def unit_of_work(session: AsyncSession) -> AsyncIterator[None]:
         return
     async with session.begin():
         yield
+
+
+_UNAVAILABLE_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, a missing unix socket; also asyncio's timeouts
+    asyncpg.exceptions.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.exceptions.InterfaceError,  # the client's side: the connection is closed or broken
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+)
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) means the database cannot be reached right now.
+
+    Such a failure is the server's state, not the request's fault: answer 503 with
+    ``Retry-After``. advanced-alchemy wraps driver errors in its own, so the whole chain of
+    causes is searched.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, _UNAVAILABLE_DRIVER_ERRORS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def database_failure_reason(error: BaseException) -> str:
+    """One line saying what the driver reported, without SQL, parameters or SQLAlchemy's links."""
+    root: BaseException = error
+    while isinstance(root, sqlalchemy.exc.StatementError) and root.orig is not None:
+        root = root.orig
+    cause = root.__cause__ if type(root).__module__.startswith("sqlalchemy") and root.__cause__ else root
+    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
 def schema_registry(schema: str) -> orm_registry:

@@ -33,6 +33,9 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
 )
 
+from shared.db import is_database_unavailable
+from shared.events.connection import is_nats_unavailable
+
 if TYPE_CHECKING:
     from litestar import Request
     from litestar.types import ExceptionHandlersMap
@@ -251,6 +254,8 @@ def handle_data_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 def handle_repository_error(request: Request[Any, Any, Any], exc: RepositoryError) -> Response[Problem]:
     """advanced-alchemy's errors: a missing row is a 404, a broken constraint a 409."""
+    if _is_unavailable(exc):
+        return handle_unavailable(request, exc)
     if _is_data_error(exc):
         return handle_data_error(request, exc)
     if isinstance(exc, NotFoundError):
@@ -260,8 +265,34 @@ def handle_repository_error(request: Request[Any, Any, Any], exc: RepositoryErro
     return handle_internal_error(request, exc)
 
 
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+"""What a 503 asks clients to wait: about the time a restarted Postgres or NATS needs."""
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return is_database_unavailable(exc) or is_nats_unavailable(exc)
+
+
+def handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """The database (or NATS) cannot be reached: 503 with ``Retry-After``, never a 500.
+
+    The request was fine and may succeed later; readiness fails meanwhile, so the orchestrator
+    sends traffic elsewhere. Logged without a traceback: one line per request is enough.
+    """
+    log.warning("dependency unavailable", path=request.url.path, error_type=type(exc).__name__)
+    problem = Problem(
+        status=503,
+        title=_STATUS_TITLES[503],
+        detail="A service this API depends on is unreachable right now. Try again shortly.",
+        instance=request.url.path,
+    )
+    return _problem_response(request, problem, {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)})
+
+
 def handle_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     """Anything unexpected: logged with its traceback, answered without it."""
+    if _is_unavailable(exc):
+        return handle_unavailable(request, exc)
     if _is_data_error(exc):
         return handle_data_error(request, exc)
     log.exception("unhandled error", path=request.url.path, error_type=type(exc).__name__)

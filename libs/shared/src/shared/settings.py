@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
-__all__ = ("ServiceSettings", "SettingsError", "load_settings")
+__all__ = ("ServiceSettings", "SettingsError", "load_settings", "variable_name")
 
 SettingsT = TypeVar("SettingsT", bound="ServiceSettings")
 
@@ -39,14 +39,29 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     """NATS user name of this service."""
     nats_password: str = ""
     """NATS password of this service."""
+    nats_connect_timeout_seconds: float = 10.0
+    """How long a command that needs NATS waits for it at start before it gives up with an error."""
     http_host: str = "127.0.0.1"
     """Address the API listens on."""
     http_port: int = 8000
     """Port the API listens on."""
     http_workers: int = 1
     """granian worker processes for the API."""
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs of the reverse proxies (the ingress) whose forwarding header names the client; empty: none is
+    trusted and the TCP peer is the client (``shared.client_address``)."""
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    """The header the trusted proxies append the client's address to (read only from a trusted peer)."""
     cors_allow_origins: tuple[str, ...] = ()
-    """Origins allowed by CORS; empty disables CORS."""
+    """Origins (``https://shop.example.com``) whose browser pages may call this API; empty disables CORS."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the API process's internal ``/metrics`` port."""
+    metrics_port: int = 0
+    """Internal port of the API process's Prometheus ``/metrics`` (never on the public port); 0 turns it off."""
+    docs_enabled: bool = True
+    """Serve the OpenAPI document and Swagger UI at ``/docs`` (production turns it off)."""
+    token_url: str = ""
+    """users' ``POST /auth/token``, where Swagger UI signs in (OAuth2 password flow); users defaults to its own."""
     max_request_body_bytes: int = 1_048_576
     """Largest request body accepted; a larger one is answered with 413."""
     log_level: str = "INFO"
@@ -63,6 +78,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     """PEM public key(s) that verify access tokens (several may be concatenated for rotation)."""
     jwks_url: str = ""
     """Where to fetch the issuer's JWKS when no public key is configured."""
+    token_revocation_poll_seconds: float = 1.0
+    """How often each API process reloads recent revocations (``tokens_valid_after``) from its table:
+    the longest a revoked access token still works once the revocation reached this service."""
     worker_health_host: str = "127.0.0.1"
     """Address of the worker's health and metrics endpoint."""
     worker_health_port: int = 9000
@@ -86,6 +104,10 @@ def load_settings(
 ) -> SettingsT:
     """Read ``settings_type`` from environment variables named ``{PREFIX}_{FIELD}``.
 
+    Every problem is reported against the variable an operator sets, on one line: a missing
+    required value (an empty one counts as missing), a value of the wrong type, an unreadable
+    ``*_FILE``, a database or NATS URL that cannot be parsed.
+
     Args:
         settings_type: The settings struct to fill.
         prefix: The service's prefix, such as ``USERS``.
@@ -98,26 +120,101 @@ def load_settings(
         SettingsError: A required variable is missing or a value has the wrong type.
     """
     env = os.environ if environ is None else environ
-    hints = typing.get_type_hints(settings_type)
+    hints = typing.get_type_hints(settings_type, include_extras=True)
     raw: dict[str, Any] = {}
     for field in msgspec.structs.fields(settings_type):
-        name = f"{prefix.upper()}_{field.name.upper()}"
-        value = env.get(name)
-        if value is None and (secret_file := env.get(f"{name}_FILE")):
-            try:
-                value = Path(secret_file).read_text(encoding="utf-8").strip()
-            except OSError as error:
-                raise SettingsError(f"{name}_FILE: cannot read {secret_file}: {error}") from error
+        name = variable_name(prefix, field.name)
+        value, source = _read(env, name)
+        if field.required and not (value or "").strip():
+            raise SettingsError(f"{source} is empty" if value is not None else f"{name} is not set")
         if value is None:
             continue
-        raw[field.name] = _split_list(value) if _is_sequence(hints[field.name]) else value
+        annotation = hints[field.name]
+        candidate: Any = _split_list(value) if _is_sequence(annotation) else value
+        try:
+            raw[field.name] = msgspec.convert(candidate, annotation, strict=False)
+        except msgspec.ValidationError as error:
+            raise SettingsError(f"{source}: {_reason(error, value)}") from error
+        if (check := _FIELD_CHECKS.get(field.name)) is not None and (problem := check(raw[field.name])):
+            raise SettingsError(f"{source}: {problem}")
     try:
         return msgspec.convert(raw, settings_type, strict=False)
-    except msgspec.ValidationError as error:
+    except msgspec.ValidationError as error:  # a rule across fields (a subclass's __post_init__)
         raise SettingsError(f"{prefix.upper()} settings: {error}") from error
 
 
+def variable_name(prefix: str, field: str) -> str:
+    """The environment variable of a settings field: ``variable_name("users", "nats_url")`` is ``USERS_NATS_URL``."""
+    return f"{prefix.upper()}_{field.upper()}"
+
+
+def _read(env: Mapping[str, str], name: str) -> tuple[str | None, str]:
+    """The raw value of a variable, or of the file its ``_FILE`` twin names; and where it came from."""
+    value = env.get(name)
+    if value is not None:
+        return value, name
+    secret_file = env.get(f"{name}_FILE")
+    if not secret_file:
+        return None, name
+    try:
+        return Path(secret_file).read_text(encoding="utf-8").strip(), f"{name}_FILE"
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise SettingsError(f"{name}_FILE: cannot read {secret_file}: {reason}") from error
+
+
+def _reason(error: msgspec.ValidationError, value: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.http_port`"; the value came from an
+    # environment variable, so it always was a string: say what was expected and show the value.
+    message = str(error).split(" - at ", 1)[0].replace("`", "")
+    if message.startswith("Expected "):
+        return f"expected {message.removeprefix('Expected ').split(', got ', 1)[0]}, got {_shown(value)}"
+    return f"{message[:1].lower()}{message[1:]} (got {_shown(value)})"
+
+
+_SHOWN_CHARACTERS = 40
+
+
+def _shown(value: str) -> str:
+    # Enough of the value to recognise a typo; not a whole secret read from the wrong file.
+    if len(value) > _SHOWN_CHARACTERS:
+        value = f"{value[: _SHOWN_CHARACTERS - 3]}..."
+    return repr(value)
+
+
+def _check_database_url(value: Any) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(str(value))
+    except ArgumentError:
+        return "not a database URL (like postgresql+asyncpg://user:password@host:5432/database)"
+    return None
+
+
+def _check_nats_url(value: Any) -> str | None:
+    from shared.events.connection import NatsConfigurationError, parse_servers
+
+    if not str(value).strip():
+        return None  # empty: the service runs without NATS; commands that need it refuse themselves
+    try:
+        parse_servers(str(value))
+    except NatsConfigurationError as error:
+        return str(error)
+    return None
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "database_url": _check_database_url,
+    "nats_url": _check_nats_url,
+}
+"""Checks beyond the type, by field name, for the fields every service has."""
+
+
 def _is_sequence(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
     return typing.get_origin(annotation) in (tuple, list)
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,17 +21,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from shared.events.connection import connect_nats
+from shared.events.connection import NatsConfigurationError, connect_nats, parse_servers
 from shared.events.consumer import EventConsumer
+from shared.events.metrics import start_consumer_series, start_outbox_series
 from shared.events.outbox import Outbox, OutboxRelay
 from shared.events.pacing import pause
 from shared.events.permissions import inbox_prefix
 from shared.events.streams import DLQ_STREAM, STREAMS, ensure_streams
 from shared.health import run_checks
+from shared.settings import SettingsError, variable_name
 from shared.telemetry import configure_logging, configure_tracing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
+    from types import FrameType
 
     from nats.aio.client import Client as NatsClient
     from nats.js.client import JetStreamContext
@@ -40,7 +46,7 @@ if TYPE_CHECKING:
     from shared.health import ReadinessCheck
     from shared.settings import ServiceSettings
 
-__all__ = ("Sweep", "Worker", "WorkerPlan", "run_worker_until_signalled")
+__all__ = ("Sweep", "Worker", "WorkerPlan", "install_stop_signals", "run_worker_until_signalled")
 
 log = structlog.get_logger("shared.worker")
 
@@ -53,6 +59,10 @@ class Sweep:
     interval_seconds: float
     run: Callable[[async_sessionmaker[AsyncSession]], Awaitable[int]]
     """Does one pass and returns how many rows it changed."""
+    drain: bool = False
+    """Start the next pass at once while passes change rows, pausing only when one changed none: for a
+    queue that must empty at the speed of what it feeds (email), not one batch per interval. Keep each
+    pass short: a stop request is seen between passes."""
 
 
 @dataclass(frozen=True)
@@ -88,16 +98,26 @@ class Worker:
         self.nats: NatsClient | None = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
+        # Every series from the first scrape, before NATS answers, so alerts see zeros, not nothing.
+        start_outbox_series(plan.service)
+        for spec, _handlers in plan.consumers:
+            start_consumer_series(spec.durable)
 
     async def connect(self) -> JetStreamContext:
-        """Connect to NATS and make sure the plan's streams exist."""
+        """Connect to NATS and make sure the plan's streams exist.
+
+        Raises:
+            SettingsError: The service's NATS URL is not set or not a NATS URL (refused at once).
+            NatsUnavailableError: NATS did not answer within the configured connect timeout.
+        """
         settings = self.plan.settings
         self.nats = await connect_nats(
-            settings.nats_url,
+            self.nats_servers(),
             name=f"{self.plan.service}-worker",
             user=settings.nats_user,
             password=settings.nats_password,
             inbox_prefix=inbox_prefix(self.plan.service),
+            connect_timeout=settings.nats_connect_timeout_seconds,
         )
         js = self.nats.jetstream()
         await self.ensure_streams(js)
@@ -123,6 +143,17 @@ class Worker:
         ]
         return js
 
+    def nats_servers(self) -> str:
+        """The NATS URLs of the settings, refused with the variable's name when unusable."""
+        variable = variable_name(self.plan.service, "nats_url")
+        try:
+            parse_servers(self.plan.settings.nats_url)
+        except NatsConfigurationError as error:
+            if not self.plan.settings.nats_url.strip():
+                raise SettingsError(f"{variable} is not set: this command needs NATS") from error
+            raise SettingsError(f"{variable}: {error}") from error
+        return self.plan.settings.nats_url
+
     async def ensure_streams(self, js: JetStreamContext) -> None:
         """Create or update the plan's streams (idempotent; also after a server lost its store)."""
         settings = self.plan.settings
@@ -136,9 +167,12 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay, consume and sweep until ``stop`` is set; then finish in-flight work and close."""
+        self.nats_servers()  # an unusable setting is refused before anything starts or logs
         health = None
         try:
-            await self.connect()
+            if not await _unless_stopped(self.connect(), stop):
+                log.info("stopped before NATS answered", service=self.plan.service)
+                return
             assert self.relay is not None  # noqa: S101 - connect() set it
             if self.plan.settings.worker_health_port:
                 health = await asyncio.start_server(
@@ -164,6 +198,8 @@ class Worker:
                 changed = await sweep.run(self.sessions)
                 if changed:
                     log.info("sweep", sweep=sweep.name, changed=changed)
+                if sweep.drain and changed:
+                    continue
             except Exception as error:  # noqa: BLE001 - a failed pass is retried at the next interval
                 log.warning("sweep failed", sweep=sweep.name, error=repr(error))
             await pause(stop, sweep.interval_seconds)
@@ -213,16 +249,70 @@ class Worker:
         return "404 Not Found", "application/json", b'{"status":404,"title":"Not found"}'
 
 
-def run_worker_until_signalled(plan: WorkerPlan) -> None:
-    """The ``<service> worker`` command: run until SIGTERM or SIGINT, then stop gracefully."""
+def run_worker_until_signalled(plan: WorkerPlan, *, grace_seconds: float = 25.0) -> None:
+    """The ``<service> worker`` command: run until SIGTERM or SIGINT, then stop gracefully.
+
+    Args:
+        plan: What the worker runs.
+        grace_seconds: How long the graceful stop may take after the first signal; then the
+            process exits anyway (keep it below the pod's termination grace period).
+    """
     configure_logging(level=plan.settings.log_level, json=plan.settings.log_json)
     configure_tracing(plan.service)
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        install_stop_signals(
+            asyncio.get_running_loop(), stop, grace_seconds=grace_seconds, name=f"{plan.service} worker"
+        )
         await Worker(plan).run(stop)
 
     asyncio.run(main())
+
+
+def install_stop_signals(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, *, grace_seconds: float, name: str
+) -> None:
+    """SIGTERM and SIGINT set ``stop``; past ``grace_seconds``, or at a second signal, the process exits.
+
+    Plain ``signal.signal`` handlers, not ``loop.add_signal_handler``: asyncio's handlers run only
+    when the event loop gets control back, so a library stuck in a loop that never yields (nats-py
+    did, see ``shared.events.connection``) would keep the process deaf to SIGTERM. A Python-level
+    handler runs between any two bytecodes of the main thread, and the watchdog is a thread of its
+    own, so the process stops within the grace period whatever the loop is doing.
+    """
+    signalled = threading.Event()
+
+    def give_up(signum: int) -> None:
+        sys.stderr.write(f"{name}: did not stop within {grace_seconds:g}s of the signal; exiting\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signalled.is_set():
+            give_up(signum)  # a second signal: the operator does not want to wait
+        signalled.set()
+        loop.call_soon_threadsafe(stop.set)
+        watchdog = threading.Timer(grace_seconds, give_up, args=(signum,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
+
+async def _unless_stopped(work: Awaitable[object], stop: asyncio.Event) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then cancel it); True when it finished."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return False
+    task.result()  # its error, if any, is the caller's
+    return True

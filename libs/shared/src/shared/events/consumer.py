@@ -25,7 +25,13 @@ from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.events.contracts import DecodedEvent, EventPayload, UndecodableEventError, decode_event
-from shared.events.metrics import CONSUMER_DEAD_LETTERED, CONSUMER_DUPLICATES, CONSUMER_PROCESSED, CONSUMER_RETRIED
+from shared.events.metrics import (
+    CONSUMER_DEAD_LETTERED,
+    CONSUMER_DUPLICATES,
+    CONSUMER_PROCESSED,
+    CONSUMER_RETRIED,
+    start_consumer_series,
+)
 from shared.events.outbox import messaging_attributes
 from shared.events.pacing import pause
 from shared.events.streams import dead_letter_subject, ensure_consumer
@@ -143,6 +149,7 @@ class EventConsumer:
         self.outbox = outbox
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        start_consumer_series(spec.durable)
         self._record = (
             insert(tables.inbox)
             .values(consumer=spec.durable, event_id=bindparam("event_id"), event_type=bindparam("event_type"))

@@ -13,6 +13,8 @@ __all__ = (
     "OUTBOX_OLDEST_AGE",
     "OUTBOX_PUBLISHED",
     "OUTBOX_PUBLISH_FAILURES",
+    "start_consumer_series",
+    "start_outbox_series",
 )
 
 OUTBOX_BACKLOG = Gauge("relay_outbox_backlog", "Events committed but not yet published.", ["service"])
@@ -31,3 +33,19 @@ CONSUMER_RETRIED = Counter("relay_consumer_retried", "Failed attempts handed bac
 CONSUMER_DEAD_LETTERED = Counter(
     "relay_consumer_dead_lettered", "Events given up on and published to the DLQ stream.", ["consumer"]
 )
+
+
+def start_consumer_series(durable: str) -> None:
+    """Give every counter of one consumer a sample of 0 now, not at its first increment.
+
+    A labelled counter has no series until its labels are first used, so an alert such as
+    ``increase(relay_consumer_dead_lettered_total[5m]) > 0`` would see nothing to evaluate.
+    """
+    for counter in (CONSUMER_PROCESSED, CONSUMER_DUPLICATES, CONSUMER_RETRIED, CONSUMER_DEAD_LETTERED):
+        counter.labels(durable)
+
+
+def start_outbox_series(service: str) -> None:
+    """Give the relay's counters and gauges of ``service`` a sample of 0 now (see above)."""
+    for metric in (OUTBOX_PUBLISHED, OUTBOX_PUBLISH_FAILURES, OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE):
+        metric.labels(service)

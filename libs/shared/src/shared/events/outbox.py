@@ -25,7 +25,13 @@ from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import make_url
 
 from shared.events.contracts import encode_event, new_envelope
-from shared.events.metrics import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISH_FAILURES, OUTBOX_PUBLISHED
+from shared.events.metrics import (
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_PUBLISH_FAILURES,
+    OUTBOX_PUBLISHED,
+    start_outbox_series,
+)
 from shared.events.pacing import pause, wait_for_either
 
 if TYPE_CHECKING:
@@ -145,6 +151,7 @@ class OutboxRelay:
         self.retention_seconds = retention_seconds
         self.on_missing_stream = on_missing_stream
         self._wake = asyncio.Event()
+        start_outbox_series(service)
         outbox = tables.outbox
         self._claim = (
             select(outbox.c.id, outbox.c.subject, outbox.c.body, outbox.c.headers)

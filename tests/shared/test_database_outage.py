@@ -1,0 +1,139 @@
+"""Postgres down: every service answers 503 problem documents with Retry-After, readiness fails, and
+both recover once Postgres is back. Against the session's real Postgres, stopped and started again."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
+
+import pytest
+
+from notify.app import DATABASE as NOTIFY_DATABASE
+from notify.app import create_app as create_notify_app
+from notify.settings import NotifySettings
+from orders.app import DATABASE as ORDERS_DATABASE
+from orders.app import create_app as create_orders_app
+from orders.settings import OrdersSettings
+from shared.testing import eventually, prepare_service_database, serve_app
+from users.app import DATABASE as USERS_DATABASE
+from users.app import create_app as create_users_app
+from users.settings import UsersSettings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import httpx
+
+    from shared.auth import AccessTokenSigner
+    from shared.devstack.servers import PostgresServer
+
+Call = tuple[str, str, dict[str, object] | None, bool]
+"""method, path, JSON body, whether it needs the customer's bearer token."""
+
+NO_SUCH_ID = "01900000-0000-7000-8000-000000000000"
+
+# Routes that read or write each service's schema, public and signed in, reads and writes.
+ROUTES: dict[str, list[Call]] = {
+    "users": [
+        (
+            "POST",
+            "/auth/register",
+            {"email": "outage@example.com", "password": "long enough pw", "display_name": "O"},
+            False,
+        ),
+        ("POST", "/auth/login", {"email": "outage@example.com", "password": "long enough pw"}, False),
+        ("POST", "/auth/refresh", {"refresh_token": "x" * 43}, False),
+        ("GET", "/users/me", None, True),
+    ],
+    "orders": [
+        ("GET", "/products", None, False),
+        ("GET", f"/products/{NO_SUCH_ID}", None, False),
+        ("GET", "/orders", None, True),
+        ("GET", f"/orders/{NO_SUCH_ID}", None, True),
+    ],
+    "notify": [
+        ("GET", "/notifications", None, True),
+        ("GET", "/notifications/preferences", None, True),
+        ("POST", "/notifications/read-all", None, True),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def database_urls(postgres_server: PostgresServer) -> dict[str, str]:
+    return {
+        "users": prepare_service_database(postgres_server, USERS_DATABASE),
+        "orders": prepare_service_database(postgres_server, ORDERS_DATABASE),
+        "notify": prepare_service_database(postgres_server, NOTIFY_DATABASE),
+    }
+
+
+async def _call(client: httpx.AsyncClient, call: Call, token: str) -> httpx.Response:
+    method, path, body, signed_in = call
+    headers = {"Authorization": f"Bearer {token}"} if signed_in else {}
+    return await client.request(method, path, json=body, headers=headers)
+
+
+async def test_postgres_outage_is_503_with_retry_after_on_every_service_and_recovers(
+    postgres_server: PostgresServer,
+    database_urls: dict[str, str],
+    private_key_pem: str,
+    access_token_signer: AccessTokenSigner,
+    tmp_path: Path,
+) -> None:
+    public_key = access_token_signer.public_key_pem()
+    apps = {
+        "users": create_users_app(
+            UsersSettings(
+                database_url=database_urls["users"],
+                jwt_private_key=private_key_pem,
+                password_hash_time_cost=1,
+                password_hash_memory_kib=8192,
+            )
+        ),
+        "orders": create_orders_app(OrdersSettings(database_url=database_urls["orders"], jwt_public_keys=public_key)),
+        "notify": create_notify_app(
+            NotifySettings(
+                database_url=database_urls["notify"],
+                jwt_public_keys=public_key,
+                unsubscribe_secret="unsubscribe-secret-for-the-tests",
+                email_url=f"file:{tmp_path}",
+            )
+        ),
+    }
+    token = access_token_signer.sign(subject=uuid.uuid4(), roles=["user"])
+    async with AsyncExitStack() as stack:
+        clients = {name: await stack.enter_async_context(serve_app(app)) for name, app in apps.items()}
+
+        # Up: each route answers something other than 503 (warming each pool), readiness is green.
+        for name, client in clients.items():
+            assert (await client.get("/health/ready")).status_code == 200, name
+            for call in ROUTES[name]:
+                response = await _call(client, call, token)
+                assert response.status_code != 503, (name, call[1], response.text)
+
+        postgres_server.stop()
+        try:
+            for name, client in clients.items():
+                for call in ROUTES[name]:
+                    response = await _call(client, call, token)
+                    assert response.status_code == 503, (name, call[1], response.status_code, response.text)
+                    assert response.headers["content-type"].startswith("application/problem+json"), (name, call[1])
+                    assert int(response.headers["retry-after"]) > 0, (name, call[1])
+                    assert response.json()["status"] == 503
+                ready = await client.get("/health/ready")
+                assert ready.status_code == 503, (name, ready.text)
+                assert ready.json()["checks"]["database"] != "ok"
+        finally:
+            postgres_server.start()
+
+        for name, client in clients.items():
+
+            async def recovered(client: httpx.AsyncClient = client, name: str = name) -> bool:
+                if (await client.get("/health/ready")).status_code != 200:
+                    return False
+                answers = [await _call(client, call, token) for call in ROUTES[name]]
+                return all(answer.status_code != 503 and answer.status_code < 500 for answer in answers)
+
+            await eventually(recovered, within=30, what=f"{name} answering again after Postgres came back")
