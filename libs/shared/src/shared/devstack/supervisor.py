@@ -80,6 +80,9 @@ class StackPorts:
     users_worker: int = 9001
     orders_worker: int = 9002
     notify_worker: int = 9003
+    users_metrics: int = 9101
+    orders_metrics: int = 9102
+    notify_metrics: int = 9103
 
     @classmethod
     def from_environment(cls) -> StackPorts:
@@ -128,6 +131,10 @@ class StackPorts:
     def worker(self, service: str) -> int:
         """The health and metrics port of a service's worker."""
         return int(getattr(self, f"{service}_worker"))
+
+    def metrics(self, service: str) -> int:
+        """The internal ``/metrics`` port of a service's API (never its public port)."""
+        return int(getattr(self, f"{service}_metrics"))
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -354,6 +361,7 @@ class DevStack:
             f"{prefix}_HTTP_HOST": "127.0.0.1",
             f"{prefix}_HTTP_PORT": str(self.ports.api(service)),
             f"{prefix}_WORKER_HEALTH_PORT": str(self.ports.worker(service)),
+            f"{prefix}_METRICS_PORT": str(self.ports.metrics(service)),
         }
         if service == "users":
             env[f"{prefix}_JWT_PRIVATE_KEY"] = self.stored["users_jwt_private_key"]
@@ -365,6 +373,13 @@ class DevStack:
         """Settings the supervisor picks for local use; the person's own ``<SERVICE>_*`` variables win."""
         prefix = service.upper()
         env = {f"{prefix}_LOG_JSON": "false"}
+        users_api = f"http://127.0.0.1:{self.ports.api('users')}"
+        if service == "users":
+            # Swagger UI on the orders and notify pages signs in at users' /auth/token: cross-origin.
+            others = [f"http://127.0.0.1:{self.ports.api(other)}" for other in SERVICES if other != "users"]
+            env["USERS_CORS_ALLOW_ORIGINS"] = ",".join(others)
+        else:
+            env[f"{prefix}_TOKEN_URL"] = f"{users_api}/auth/token"
         if service == "notify":
             env |= {
                 "NOTIFY_EMAIL_URL": self.mail_dir.as_uri(),
@@ -637,6 +652,7 @@ class DevStack:
             api = f"http://127.0.0.1:{self.ports.api(service)}"
             rows += [(f"{service} API", api), (f"{service} docs", f"{api}/docs")]
             rows.append((f"{service} worker", f"http://127.0.0.1:{self.ports.worker(service)}/health/ready"))
+            rows.append((f"{service} metrics", f"http://127.0.0.1:{self.ports.metrics(service)}/metrics"))
         rows += [
             ("postgres", f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/{DATABASE}"),
             ("nats", self.nats.url),
