@@ -19,6 +19,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_keys, provide_current_user
 from shared.boundary import InputBoundaryMiddleware, security_headers
+from shared.client_address import ClientAddressResolver
 from shared.db import ServiceDatabase, alchemy_config
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
     from litestar.types import ControllerRouterHandler
 
+    from shared.revocations import TokenRevocations
     from shared.settings import ServiceSettings
 
 __all__ = ("ServiceApp", "create_service_app", "verifier_from_settings")
@@ -66,6 +68,8 @@ class ServiceApp:
     """Extra shutdown hooks (Litestar runs them last, after NATS has drained and the pool closed)."""
     null_pool: bool = False
     """Open a new database connection per session (tests that run the app on another loop)."""
+    token_revocations: TokenRevocations | None = None
+    """The service's view of revoked accounts' ``tokens_valid_after``: tokens issued earlier get 401."""
 
 
 def verifier_from_settings(settings: ServiceSettings, audience: str) -> TokenVerifier:
@@ -122,6 +126,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         settings.database_url, pool_size=settings.database_pool_size, null_pool=app_config.null_pool
     )
     verifier = app_config.token_verifier or verifier_from_settings(settings, app_config.name)
+    client_addresses = ClientAddressResolver(settings.trusted_proxies, header=settings.forwarded_header)
     runtime: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -136,8 +141,12 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                     inbox_prefix=inbox_prefix(app_config.name),
                 )
                 runtime["nats"] = app.state.nats = connection
+            if app_config.token_revocations is not None:
+                await app_config.token_revocations.start(alchemy.get_engine())
             yield
         finally:
+            if app_config.token_revocations is not None:
+                await app_config.token_revocations.stop()
             if "nats" in runtime:
                 await runtime.pop("nats").drain()
             # advanced-alchemy renames its state keys when a process builds a second app (tests do)
@@ -169,6 +178,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         ],
         dependencies={
             "user": Provide(provide_current_user),
+            "client_address": Provide(client_addresses.of, sync_to_thread=False),
             "page": Provide(provide_page_request, sync_to_thread=False),
             **app_config.dependencies,
         },
@@ -183,7 +193,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
             prometheus.middleware,
             # Before authentication: hostile input is refused without verifying a token first.
             InputBoundaryMiddleware(),
-            AuthenticationMiddleware(verifier),
+            AuthenticationMiddleware(verifier, app_config.token_revocations),
         ],
         exception_handlers=exception_handlers(),
         before_send=[security_headers],

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from litestar.handlers import BaseRouteHandler
     from litestar.types import ASGIApp, Receive, Scope, Send
 
+    from shared.revocations import TokenRevocations
+
 __all__ = (
     "ADMIN_ROLE",
     "AccessTokenSigner",
@@ -63,6 +65,9 @@ class Principal(msgspec.Struct, frozen=True):
     roles: frozenset[str]
     token_id: str
     expires_at: int
+    issued_at_us: int = 0
+    """When the token was issued, in microseconds since the epoch: ``iat_us``, or ``iat`` for tokens
+    without it. Compared with the account's ``tokens_valid_after`` (``shared.revocations``)."""
 
     @property
     def is_admin(self) -> bool:
@@ -152,15 +157,36 @@ class AccessTokenSigner:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ).decode()
 
-    def sign(self, *, subject: uuid.UUID, roles: Iterable[str], now: int | None = None, **extra: Any) -> str:
-        """An access token for ``subject`` valid for ``ttl_seconds`` from ``now``."""
-        issued_at = int(time.time()) if now is None else now
+    def sign(
+        self,
+        *,
+        subject: uuid.UUID,
+        roles: Iterable[str],
+        now: int | None = None,
+        issued_at_us: int | None = None,
+        **extra: Any,
+    ) -> str:
+        """An access token for ``subject`` valid for ``ttl_seconds`` from when it is issued.
+
+        Args:
+            subject: The account.
+            roles: Its roles now.
+            now: The issue time in whole seconds (``iat``); by default the clock's.
+            issued_at_us: The issue time in microseconds (``iat_us``); by default ``now``'s, or the clock's.
+                ``iat`` has whole seconds only, too coarse to tell a token issued just before a
+                revocation from one issued just after it in the same second.
+            extra: More claims.
+        """
+        if issued_at_us is None:
+            issued_at_us = time.time_ns() // 1000 if now is None else now * 1_000_000
+        issued_at = issued_at_us // 1_000_000 if now is None else now
         claims = {
             "iss": self.issuer,
             "aud": self.audiences,
             "sub": str(subject),
             "roles": sorted(roles),
             "iat": issued_at,
+            "iat_us": issued_at_us,
             "exp": issued_at + self.ttl_seconds,
             "jti": uuid.uuid4().hex,
             **extra,
@@ -226,6 +252,7 @@ class TokenVerifier:
                 roles=frozenset(str(role) for role in claims.get("roles", [])),
                 token_id=str(claims["jti"]),
                 expires_at=int(claims["exp"]),
+                issued_at_us=_issued_at_us(claims),
             )
         except (jwt.PyJWTError, ValueError, TypeError) as error:
             raise Unauthorized(f"Invalid access token: {error}") from error
@@ -262,15 +289,26 @@ class TokenVerifier:
             log.warning("jwks fetch failed", url=self._jwks_url, error=str(error))
 
 
+def _issued_at_us(claims: dict[str, Any]) -> int:
+    precise = claims.get("iat_us")
+    # Without ``iat_us`` (a token from before it existed), the start of its ``iat`` second: the
+    # earliest it can have been issued, so a revocation in that same second refuses it.
+    if isinstance(precise, int) and not isinstance(precise, bool) and precise // 1_000_000 == int(claims["iat"]):
+        return precise
+    return int(claims["iat"]) * 1_000_000
+
+
 class AuthenticationMiddleware(ASGIMiddleware):
     """Puts the verified caller in ``scope["user"]`` when a bearer token is present.
 
     A request without a token passes through anonymous (guards decide whether that is enough);
-    a request with an invalid token is refused at once with 401.
+    a request with an invalid token is refused at once with 401, and so is a token issued before
+    its account's tokens were revoked, when ``revocations`` is given.
     """
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: TokenVerifier, revocations: TokenRevocations | None = None) -> None:
         self.verifier = verifier
+        self.revocations = revocations
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         """Verify the bearer token, if any, then call the next app."""
@@ -280,7 +318,10 @@ class AuthenticationMiddleware(ASGIMiddleware):
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
                     raise Unauthorized("Use 'Authorization: Bearer <access token>'.")
-                scope["user"] = await self.verifier.verify(token.strip())
+                principal = await self.verifier.verify(token.strip())
+                if self.revocations is not None:
+                    self.revocations.check(principal)
+                scope["user"] = principal
                 break
         await next_app(scope, receive, send)
 

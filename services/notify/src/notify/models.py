@@ -46,6 +46,10 @@ class Contact(Base):
     is_active: Mapped[bool] = mapped_column(server_default=text("true"))
     sequence: Mapped[int] = mapped_column(Integer)
     """The user's version in the newest event applied: an older, redelivered event never wins."""
+    tokens_valid_after: Mapped[datetime.datetime | None] = mapped_column(
+        DateTimeUTC(timezone=True), default=None, index=True
+    )
+    """From users' events: access tokens issued before it are refused (``shared.revocations``)."""
 
 
 class Notification(Base):

@@ -8,7 +8,7 @@ import uuid
 from advanced_alchemy.base import CommonTableAttributes
 from advanced_alchemy.mixins import AuditColumns, UUIDv7PrimaryKey
 from advanced_alchemy.types import DateTimeUTC
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import schema_registry
@@ -37,11 +37,13 @@ class Product(UUIDv7PrimaryKey, AuditColumns, Base):
     sku: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="", server_default="")
-    price: Mapped[int] = mapped_column(Integer)
-    """In minor units of ``currency`` (cents for EUR)."""
+    price: Mapped[int] = mapped_column(BigInteger)
+    """In minor units of ``currency`` (cents for EUR). Money is 64-bit: price * quantity * lines
+    overflows 32 bits well inside the request limits (``orders.schemas``)."""
     currency: Mapped[str] = mapped_column(String(3))
     """ISO 4217 code."""
-    stock: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stock: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """64-bit: restocks add up without a ceiling, and 2**31 is only ~2,000 of the largest."""
     is_active: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
 
 
@@ -57,7 +59,8 @@ class Order(UUIDv7PrimaryKey, AuditColumns, Base):
     user_id: Mapped[uuid.UUID]
     status: Mapped[str] = mapped_column(String(16))
     """``pending``, ``paid``, ``shipped``, ``delivered`` or ``cancelled``."""
-    total: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(BigInteger)
+    """In minor units; the largest legal order (``orders.schemas.MAX_ORDER_TOTAL``) fits 64 bits."""
     currency: Mapped[str] = mapped_column(String(3))
     cancel_reason: Mapped[str | None] = mapped_column(String(64), default=None)
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
@@ -74,7 +77,7 @@ class OrderLine(UUIDv7PrimaryKey, Base):
     product_id: Mapped[uuid.UUID] = mapped_column(ForeignKey(f"{SCHEMA}.product.id"))
     sku: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200))
-    unit_price: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[int] = mapped_column(BigInteger)
     quantity: Mapped[int] = mapped_column(Integer)
 
 
@@ -102,6 +105,10 @@ class KnownUser(Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     sequence: Mapped[int] = mapped_column(Integer)
     """The users aggregate's version this row reflects (0: seen only in a token)."""
+    tokens_valid_after: Mapped[datetime.datetime | None] = mapped_column(
+        DateTimeUTC(timezone=True), default=None, index=True
+    )
+    """From users' events: access tokens issued before it are refused (``shared.revocations``)."""
 
 
 EVENT_TABLES = define_event_tables(Base.metadata)

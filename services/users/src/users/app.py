@@ -11,7 +11,8 @@ from shared.app import ServiceApp, create_service_app
 from shared.auth import AccessTokenSigner, TokenVerifier
 from shared.db import ServiceDatabase
 from shared.events.outbox import Outbox
-from users.models import EVENT_TABLES, Base
+from shared.revocations import TokenRevocations
+from users.models import EVENT_TABLES, Base, User
 from users.routes import AdminUserController, AuthController, KeysController, ProfileController
 from users.service import PasswordHasher, UserService
 from users.settings import UsersSettings, load_users_settings
@@ -36,11 +37,19 @@ def create_signer(settings: UsersSettings) -> AccessTokenSigner:
     )
 
 
-def create_app(settings: UsersSettings | None = None, *, null_pool: bool = False) -> Litestar:
-    """Build the users app (granian calls this with no arguments: settings come from ``USERS_*``)."""
+def create_app(
+    settings: UsersSettings | None = None, *, null_pool: bool = False, hasher: PasswordHasher | None = None
+) -> Litestar:
+    """Build the users app (granian calls this with no arguments: settings come from ``USERS_*``).
+
+    Args:
+        settings: By default, from ``USERS_*`` variables.
+        null_pool: A new database connection per session (tests that run the app on another loop).
+        hasher: The password hasher; by default one with the configured argon2 costs.
+    """
     settings = settings or load_users_settings()
     signer = create_signer(settings)
-    hasher = PasswordHasher.from_settings(settings)
+    hasher = hasher or PasswordHasher.from_settings(settings)
 
     outbox = Outbox(EVENT_TABLES, source="users")
 
@@ -65,5 +74,9 @@ def create_app(settings: UsersSettings | None = None, *, null_pool: bool = False
                 public_keys=[signer.public_key],
             ),
             null_pool=null_pool,
+            # users checks its own table: the account's tokens_valid_after, reloaded every poll.
+            token_revocations=TokenRevocations(
+                User.id, User.tokens_valid_after, poll_seconds=settings.token_revocation_poll_seconds
+            ),
         )
     )

@@ -21,10 +21,22 @@ HANDLERS = EventHandlers()
 def user_event(kind: UserEventKind, user: User) -> EventPayload:
     """The payload of ``users.user.<kind>`` for the account as it is now."""
     role: Literal["user", "admin"] = "admin" if user.role == "admin" else "user"
+    valid_after = user.tokens_valid_after
     if kind == "registered":
-        return UserRegistered(user_id=user.id, email=user.email, display_name=user.display_name, role=role)
+        return UserRegistered(
+            user_id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            role=role,
+            tokens_valid_after=valid_after,
+        )
     if kind == "updated":
         return UserUpdated(
-            user_id=user.id, email=user.email, display_name=user.display_name, role=role, is_active=user.is_active
+            user_id=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            role=role,
+            is_active=user.is_active,
+            tokens_valid_after=valid_after,
         )
-    return UserDeactivated(user_id=user.id)
+    return UserDeactivated(user_id=user.id, tokens_valid_after=valid_after)

@@ -39,6 +39,11 @@ class User(UUIDv7PrimaryKey, AuditColumns, Base):
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     """Bumped on every change: the aggregate sequence events carry, so replicas can drop stale ones."""
     deactivated_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    tokens_valid_after: Mapped[datetime.datetime | None] = mapped_column(
+        DateTimeUTC(timezone=True), default=None, index=True
+    )
+    """Access tokens issued before this instant are void (``shared.revocations``); set by a role change,
+    deactivation, password change or a revoked refresh family, and carried in every ``users.user.*`` event."""
 
 
 class RefreshToken(UUIDv7PrimaryKey, Base):
@@ -58,15 +63,21 @@ class RefreshToken(UUIDv7PrimaryKey, Base):
 
 
 class LoginThrottle(Base):
-    """Failed logins per (scope, key) in a fixed window, shared by every process through Postgres."""
+    """Attempts per (scope, key) in a fixed window, shared by every process through Postgres.
+
+    Scopes: ``account`` (sign-in and ``current_password`` checks, keyed by email), ``address`` (the
+    same, keyed by client address), ``registration`` (keyed by client address). An attempt is taken
+    with one ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING`` before the password is verified, so
+    a concurrent burst cannot read a stale count; a successful sign-in gives its attempt back.
+    """
 
     __tablename__ = "login_throttle"
 
     scope: Mapped[str] = mapped_column(String(16), primary_key=True)
-    """``account`` or ``address``."""
+    """``account``, ``address`` or ``registration``."""
     key: Mapped[str] = mapped_column(String(254), primary_key=True)
     window_start: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
-    failures: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 EVENT_TABLES = define_event_tables(Base.metadata)

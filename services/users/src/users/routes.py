@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter, URLEncodedBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -28,11 +28,9 @@ from users.service import UserService
 __all__ = ("AdminUserController", "AuthController", "KeysController", "ProfileController")
 
 Users = NamedDependency[UserService]
+ClientAddress = NamedDependency[str]
+"""The client's address behind trusted proxies (``shared.client_address``), from ``shared.app``."""
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
-
-
-def _client_address(request: Request[Any, Any, Any]) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 class AuthController(Controller):
@@ -42,24 +40,19 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/register", status_code=HTTP_201_CREATED)
-    async def register(self, data: JSONBody[RegisterUser], users: Users) -> UserOut:
-        """Create an account. The email must be new (case does not matter)."""
-        return await users.register(data)
+    async def register(self, data: JSONBody[RegisterUser], users: Users, client_address: ClientAddress) -> UserOut:
+        """Create an account. The email must be new (case does not matter). Rate-limited per client address."""
+        return await users.register(data, client_address=client_address)
 
     @post("/login", status_code=HTTP_200_OK)
-    async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginRequest], users: Users) -> TokenPair:
+    async def login(self, data: JSONBody[LoginRequest], users: Users, client_address: ClientAddress) -> TokenPair:
         """Sign in with email and password as JSON. Rate-limited per account and per client address."""
-        return await users.login(email=data.email, password=data.password, client_address=_client_address(request))
+        return await users.login(email=data.email, password=data.password, client_address=client_address)
 
     @post("/token", status_code=HTTP_200_OK)
-    async def token(
-        self,
-        request: Request[Any, Any, Any],
-        data: URLEncodedBody[LoginForm],
-        users: Users,
-    ) -> TokenPair:
+    async def token(self, data: URLEncodedBody[LoginForm], users: Users, client_address: ClientAddress) -> TokenPair:
         """Sign in with the OAuth2 password grant form (``username`` is the email)."""
-        return await users.login(email=data.username, password=data.password, client_address=_client_address(request))
+        return await users.login(email=data.username, password=data.password, client_address=client_address)
 
     @post("/refresh", status_code=HTTP_200_OK)
     async def refresh(self, data: JSONBody[RefreshRequest], users: Users) -> TokenPair:
@@ -98,9 +91,14 @@ class ProfileController(Controller):
         return await users.get_active(user.id)
 
     @patch("/")
-    async def update(self, data: JSONBody[ProfileUpdate], user: CurrentUser, users: Users) -> UserOut:
-        """Change your display name, email or password (the last two need ``current_password``)."""
-        return await users.update_profile(user.id, data)
+    async def update(
+        self, data: JSONBody[ProfileUpdate], user: CurrentUser, users: Users, client_address: ClientAddress
+    ) -> UserOut:
+        """Change your display name, email or password (the last two need ``current_password``).
+
+        Wrong ``current_password`` guesses are counted and limited like failed sign-ins.
+        """
+        return await users.update_profile(user.id, data, client_address=client_address)
 
     @delete("/", status_code=HTTP_204_NO_CONTENT)
     async def deactivate(self, user: CurrentUser, users: Users) -> None:

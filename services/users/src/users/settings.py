@@ -21,9 +21,14 @@ class UsersSettings(ServiceSettings, kw_only=True, frozen=True):
     login_window_seconds: int = 900
     """The window in which failed logins are counted."""
     login_max_failures_per_account: int = 5
-    """Failed logins for one email in one window before that account is refused for the rest of it."""
+    """Password checks for one email in one window (sign-ins and ``current_password``); a successful
+    sign-in gives its attempt back, so in effect failures. Beyond it: 429 for the rest of the window."""
     login_max_failures_per_address: int = 30
-    """Failed logins from one client address in one window before it is refused for the rest of it."""
+    """The same, from one client address (see ``trusted_proxies`` behind an ingress)."""
+    registration_window_seconds: int = 3600
+    """The window in which registrations per client address are counted."""
+    registration_max_per_address: int = 10
+    """Registration attempts (successful or not) from one client address in one window; beyond it: 429."""
     password_hash_time_cost: int = 3
     """argon2 time cost (iterations)."""
     password_hash_memory_kib: int = 65536

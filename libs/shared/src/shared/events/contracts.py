@@ -40,6 +40,7 @@ __all__ = (
 
 SCHEMA_PREFIX = "urn:relay-shop:events"
 PayloadT = TypeVar("PayloadT", bound="EventPayload")
+Instant = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
 
 
 class EventPayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
@@ -90,6 +91,8 @@ class UserRegistered(EventPayload, frozen=True, kw_only=True):
     email: str
     display_name: str
     role: Literal["user", "admin"]
+    tokens_valid_after: Instant | None = None
+    """Access tokens of this account issued before this instant are void (absent: none so far)."""
 
 
 @contract("users.user.updated", 1, "user_id")
@@ -101,6 +104,9 @@ class UserUpdated(EventPayload, frozen=True, kw_only=True):
     display_name: str
     role: Literal["user", "admin"]
     is_active: bool
+    tokens_valid_after: Instant | None = None
+    """Access tokens of this account issued before this instant are void: replicas refuse them.
+    Moves forward on a role change, deactivation, password change or revoked refresh family."""
 
 
 @contract("users.user.deactivated", 1, "user_id")
@@ -108,6 +114,8 @@ class UserDeactivated(EventPayload, frozen=True, kw_only=True):
     """An account was deactivated: it can no longer sign in or order."""
 
     user_id: uuid.UUID
+    tokens_valid_after: Instant | None = None
+    """Access tokens of this account issued before this instant are void (set by the deactivation)."""
 
 
 # orders --------------------------------------------------------------------------------------
