@@ -65,9 +65,15 @@ async def notify_database(notify_database_url: str) -> AsyncIterator[str]:
 class MailServer:
     """A real SMTP server (aiosmtpd) on loopback that keeps what it accepts and refuses on demand."""
 
-    def __init__(self, port: int | None = None, *, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, *, credentials: tuple[str, str] | None = None, smtputf8: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.messages: list[EmailMessage] = []
+        self.raw: list[bytes] = []
+        """Each accepted message as it came over the wire."""
+        self.envelopes: list[tuple[str, list[str], list[str]]] = []
+        """Each accepted message's envelope: sender, recipients, MAIL FROM options."""
         self.refusals: list[str] = []
         """Replies to the next DATA commands instead of accepting, like ``451 4.3.0 try again later``."""
         self.logins: list[str] = []
@@ -75,12 +81,16 @@ class MailServer:
         options: dict[str, Any] = {}
         if credentials is not None:
             options = {"authenticator": self._authenticate, "auth_require_tls": False}
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **options)
+        self.controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=smtputf8, decode_data=False, **options
+        )
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
         if self.refusals:
             return self.refusals.pop(0)
         content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
+        self.raw.append(content)
+        self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos), list(envelope.mail_options)))
         self.messages.append(email.message_from_bytes(content, policy=email.policy.default))
         return "250 OK"
 

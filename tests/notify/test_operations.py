@@ -32,11 +32,13 @@ async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
         ("/notifications/preferences", "get"),
         ("/notifications/preferences", "put"),
         ("/notifications/unsubscribe", "get"),
+        ("/notifications/unsubscribe", "post"),
     }
     assert expected <= {(path, method) for path, operations in paths.items() for method in operations}
     stream = paths["/notifications/stream"]["get"]
     assert any(parameter["name"] == "Last-Event-ID" for parameter in stream["parameters"])
     assert "security" not in paths["/notifications/unsubscribe"]["get"]
+    assert "security" not in paths["/notifications/unsubscribe"]["post"]
 
 
 async def test_migrations_reach_head_and_match_the_models(postgres_server: PostgresServer) -> None:

@@ -119,7 +119,19 @@ async def test_the_unsubscribe_link_in_an_email_turns_that_kind_of_email_off_wit
     assert link in order_email.get_content()
     token = parse_qs(urlsplit(link).query)["token"][0]
 
-    response = await client.get("/notifications/unsubscribe", params={"token": token})
+    # Opening the link (as a link scanner would) shows a page and changes nothing; its button posts.
+    page = await client.get("/notifications/unsubscribe", params={"token": token})
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'method="post"' in page.text
+    preferences = await client.get("/notifications/preferences", headers=bearer(access_token_signer, user_id))
+    assert preferences.json() == ALL_ON
+    response = await client.post(
+        "/notifications/unsubscribe",
+        params={"token": token},
+        content=order_email["List-Unsubscribe-Post"],
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 200, response.text
     assert response.json()["kind"] == "order_placed"
     assert response.json()["email"] is False

@@ -8,11 +8,12 @@ table's unique keys (``ON CONFLICT DO NOTHING``) as the second guard after the c
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
-from sqlalchemy import and_, bindparam, func, select, true, update
+from sqlalchemy import Float, and_, bindparam, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from uuid_utils.compat import uuid7
 
@@ -27,7 +28,7 @@ from notify.schemas import (
     ReadAllOut,
     UnsubscribeOut,
 )
-from notify.templates import KIND_LABELS
+from notify.templates import KIND_LABELS, unsubscribe_page
 from shared.errors import NotFound
 from shared.events.contracts import NotificationCreated
 from shared.events.replicas import upsert_if_newer
@@ -58,6 +59,7 @@ __all__ = (
 log = structlog.get_logger("notify.service")
 
 CONTACTS = Base.metadata.tables[f"{SCHEMA}.contact"]
+DELIVERIES = Base.metadata.tables[f"{SCHEMA}.email_delivery"]
 
 _COLUMNS = (
     Notification.id,
@@ -319,6 +321,16 @@ class NotificationService:
         await self.turn_email_off(user_id, kind)
         return UnsubscribeOut(kind=kind, email=False, message=f"You will get no more emails about {KIND_LABELS[kind]}.")
 
+    def unsubscribe_page(self, token: str) -> str:
+        """The confirmation page of an unsubscribe link; it checks the token and changes nothing.
+
+        Raises:
+            MalformedToken: Not a token (400).
+            Forbidden: A forged or altered token (403).
+        """
+        _, kind = self.links.verify(token)
+        return unsubscribe_page(kind=kind, token=token)
+
     async def turn_email_off(self, user_id: uuid.UUID, kind: NotificationKind) -> None:
         """Stop ``kind`` emails to the user (what an unsubscribe link does); in-app stays as it was."""
         statement = insert(Preference).values(user_id=user_id, kind=kind, in_app=True, email=False)
@@ -337,6 +349,14 @@ class EmailSender:
     pushed out by ``email_lease_seconds`` before sending), so any number of workers share the work,
     nothing is sent by two at once, and a worker that dies mid-send leaves its emails for a retry.
     Sending happens outside any transaction: a slow mail server holds no database connection.
+
+    Each delivery stands alone: the transport answers for every email (building it included), and
+    every answer is recorded on its own row (sent; or the error, with the next try after a backoff;
+    or failed for good). A sent email is marked sent, so it never goes twice.
+
+    One pass keeps claiming while batches come back full, for up to ``email_pass_seconds``, reusing the
+    transport's connections; the worker runs the next pass at once while passes find work
+    (``Sweep(drain=True)``), so the queue drains at the mail server's speed.
 
     Args:
         transport: How emails leave.
@@ -368,38 +388,68 @@ class EmailSender:
             .limit(bindparam("limit"))
             .with_for_update(of=EmailDelivery, skip_locked=True)
         )
+        lease = datetime.timedelta(seconds=settings.email_lease_seconds)
+        self._lease = (
+            update(DELIVERIES)
+            .where(DELIVERIES.c.id.in_(bindparam("ids", expanding=True)))
+            .values(attempts=DELIVERIES.c.attempts + 1, next_attempt_at=func.now() + lease)
+        )
+        self._cancel = (
+            update(DELIVERIES)
+            .where(DELIVERIES.c.id.in_(bindparam("ids", expanding=True)))
+            .values(status=DeliveryStatus.CANCELLED, last_error=bindparam("reason"))
+        )
+        # The outcome is written only over the attempt that was claimed: should a lease have run out
+        # and another worker claimed the row again, this late answer changes nothing.
+        this_attempt = and_(DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.attempts == bindparam("b_attempt"))
+        self._mark_sent = (
+            update(DELIVERIES)
+            .where(this_attempt)
+            .values(status=DeliveryStatus.SENT, sent_at=func.now(), recipient=bindparam("b_recipient"))
+        )
+        self._mark_failed = (
+            update(DELIVERIES).where(this_attempt).values(status=DeliveryStatus.FAILED, last_error=bindparam("b_error"))
+        )
+        self._mark_retry = (
+            update(DELIVERIES)
+            .where(this_attempt)
+            .values(
+                last_error=bindparam("b_error"),
+                next_attempt_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("b_delay", type_=Float)),
+            )
+        )
 
     async def run_once(self, sessions: async_sessionmaker[AsyncSession]) -> int:
-        """One pass: send what is due. Returns how many deliveries it settled or retried."""
-        outgoing, cancelled = await self._claim_due(sessions)
-        if outgoing:
-            failures = await self.transport.send(outgoing)
-            async with sessions() as session, session.begin():
-                for email, failure in zip(outgoing, failures, strict=True):
-                    await self._record(session, email, failure)
-        return len(outgoing) + cancelled
+        """One pass: send what is due, batch after batch while batches come back full.
 
-    async def _claim_due(self, sessions: async_sessionmaker[AsyncSession]) -> tuple[list[OutgoingEmail], int]:
-        """The due emails, claimed for this attempt; and how many were cancelled instead."""
+        Returns:
+            How many deliveries it settled, retried or cancelled.
+        """
+        done = 0
+        deadline = time.monotonic() + self.settings.email_pass_seconds
+        try:
+            while True:
+                outgoing, cancelled, claimed = await self._claim_due(sessions)
+                if outgoing:
+                    failures = await self.transport.send(outgoing)
+                    await self._record(sessions, outgoing, failures)
+                done += len(outgoing) + cancelled
+                if claimed < self.settings.email_batch_size or time.monotonic() >= deadline:
+                    return done
+        finally:
+            await self.transport.close()
+
+    async def _claim_due(self, sessions: async_sessionmaker[AsyncSession]) -> tuple[list[OutgoingEmail], int, int]:
+        """The due emails, claimed for this attempt; how many were cancelled instead; how many rows came."""
         async with sessions() as session, session.begin():
             rows = (await session.execute(self._claim, {"limit": self.settings.email_batch_size})).all()
             outgoing: list[OutgoingEmail] = []
-            cancelled = 0
+            cancelled: dict[str, list[uuid.UUID]] = {}
             for row in rows:
                 if not row.active or not row.wanted or not row.address:
                     reason = "recipient deactivated" if not row.active else "email turned off by the recipient"
-                    await self._settle(session, row.id, DeliveryStatus.CANCELLED, last_error=reason)
-                    cancelled += 1
+                    cancelled.setdefault(reason, []).append(row.id)
                     continue
-                await session.execute(
-                    update(EmailDelivery)
-                    .where(EmailDelivery.id == row.id)
-                    .values(
-                        attempts=EmailDelivery.attempts + 1,
-                        next_attempt_at=func.now() + datetime.timedelta(seconds=self.settings.email_lease_seconds),
-                    )
-                    .execution_options(synchronize_session=False)
-                )
                 outgoing.append(
                     OutgoingEmail(
                         delivery_id=row.id,
@@ -411,44 +461,38 @@ class EmailSender:
                         attempt=row.attempts + 1,
                     )
                 )
-        return outgoing, cancelled
+            if outgoing:
+                await session.execute(self._lease, {"ids": [email.delivery_id for email in outgoing]})
+            for reason, ids in cancelled.items():
+                await session.execute(self._cancel, {"ids": ids, "reason": reason})
+        return outgoing, sum(len(ids) for ids in cancelled.values()), len(rows)
 
-    async def _record(self, session: AsyncSession, email: OutgoingEmail, failure: SendFailure | None) -> None:
-        if failure is None:
-            await self._settle(session, email.delivery_id, DeliveryStatus.SENT, recipient=email.recipient)
-            return
-        if failure.permanent or email.attempt >= self.settings.email_max_attempts:
-            log.warning("email failed for good", delivery_id=str(email.delivery_id), error=failure.error)
-            await self._settle(session, email.delivery_id, DeliveryStatus.FAILED, last_error=failure.error)
-            return
-        delay = min(
-            self.settings.email_retry_max_seconds, self.settings.email_retry_base_seconds * 2 ** (email.attempt - 1)
-        )
-        log.info("email failed; will retry", delivery_id=str(email.delivery_id), delay=delay, error=failure.error)
-        await session.execute(
-            update(EmailDelivery)
-            .where(EmailDelivery.id == email.delivery_id)
-            .values(last_error=failure.error[:2000], next_attempt_at=func.now() + datetime.timedelta(seconds=delay))
-            .execution_options(synchronize_session=False)
-        )
-
-    async def _settle(
+    async def _record(
         self,
-        session: AsyncSession,
-        delivery_id: uuid.UUID,
-        status: str,
-        *,
-        last_error: str | None = None,
-        recipient: str | None = None,
+        sessions: async_sessionmaker[AsyncSession],
+        emails: list[OutgoingEmail],
+        failures: list[SendFailure | None],
     ) -> None:
-        values: dict[str, Any] = {"status": status}
-        if last_error is not None:
-            values["last_error"] = last_error[:2000]
-        if status == DeliveryStatus.SENT:
-            values |= {"sent_at": func.now(), "recipient": recipient}
-        await session.execute(
-            update(EmailDelivery)
-            .where(EmailDelivery.id == delivery_id)
-            .values(values)
-            .execution_options(synchronize_session=False)
-        )
+        sent: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        retried: list[dict[str, Any]] = []
+        for email, failure in zip(emails, failures, strict=True):
+            claimed = {"b_id": email.delivery_id, "b_attempt": email.attempt}
+            if failure is None:
+                sent.append(claimed | {"b_recipient": email.recipient})
+            elif failure.permanent or email.attempt >= self.settings.email_max_attempts:
+                log.warning("email failed for good", delivery_id=str(email.delivery_id), error=failure.error)
+                failed.append(claimed | {"b_error": failure.error[:2000]})
+            else:
+                delay = min(
+                    self.settings.email_retry_max_seconds,
+                    self.settings.email_retry_base_seconds * 2 ** (email.attempt - 1),
+                )
+                log.info(
+                    "email failed; will retry", delivery_id=str(email.delivery_id), delay=delay, error=failure.error
+                )
+                retried.append(claimed | {"b_error": failure.error[:2000], "b_delay": delay})
+        async with sessions() as session, session.begin():
+            for statement, rows in ((self._mark_sent, sent), (self._mark_failed, failed), (self._mark_retry, retried)):
+                if rows:
+                    await session.execute(statement, rows)

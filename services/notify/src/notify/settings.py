@@ -22,9 +22,16 @@ class NotifySettings(ServiceSettings, kw_only=True, frozen=True):
     email_timeout_seconds: float = 30.0
     """How long one SMTP connection or command may take before the attempt counts as failed."""
     email_sweep_seconds: float = 5.0
-    """How often the worker looks for emails that are due."""
-    email_batch_size: int = 20
-    """Emails claimed by one sweep pass."""
+    """How often an idle worker looks for emails that are due (a busy one goes on at once)."""
+    email_batch_size: int = 50
+    """Emails claimed at a time; a pass claims the next batch at once while batches come back full."""
+    email_pass_seconds: float = 2.0
+    """How long one sweep pass may go on claiming full batches before it returns (a stop is seen between passes)."""
+    email_concurrency: int = 8
+    """SMTP connections a sweep sends over at once, each reused from email to email."""
+    email_senders: int = 1
+    """Email sweeps side by side in one worker process (each with its own connections); more worker
+    replicas add more the same way, as claims skip rows another sweep holds."""
     email_max_attempts: int = 8
     """Attempts before a delivery is given up as failed."""
     email_retry_base_seconds: float = 30.0

@@ -8,6 +8,7 @@ so no display name can add a line to an email header.
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
     from notify.schemas import NotificationKind
 
-__all__ = ("KIND_LABELS", "NotificationTemplates", "Rendered", "money")
+__all__ = ("KIND_LABELS", "NotificationTemplates", "Rendered", "money", "unsubscribe_page")
 
 _SOURCES: dict[str, str] = {
     "welcome.title": "Welcome to Relay Shop, {{ name }}",
@@ -122,3 +123,28 @@ class NotificationTemplates:
         return self._templates["email.txt"].render(
             name=_one_line(name) or "there", body=body, label=KIND_LABELS[kind], unsubscribe_url=unsubscribe_url
         )
+
+
+_UNSUBSCRIBE_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<meta name="robots" content="noindex"><title>Unsubscribe - Relay Shop</title></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>Stop emails about {label}?</h1>
+<p>You will still see them in the app. You can turn them back on in your notification preferences.</p>
+<form method="post" action="?token={token}">
+<input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe</button>
+</form>
+</body>
+</html>
+"""
+
+
+def unsubscribe_page(*, kind: NotificationKind, token: str) -> str:
+    """The page an email's unsubscribe link opens: it asks, and only its button changes anything.
+
+    Link scanners and mail previews fetch every GET link; a GET that unsubscribed would turn emails
+    off for people who never clicked. The button posts, as a one-click client does (RFC 8058).
+    """
+    return _UNSUBSCRIBE_PAGE.format(label=html.escape(KIND_LABELS[kind]), token=html.escape(token, quote=True))

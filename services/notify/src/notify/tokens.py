@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import uuid
 from urllib.parse import urlencode
 
@@ -20,6 +21,8 @@ __all__ = ("MalformedToken", "UnsubscribeLinks")
 
 _PURPOSE = b"relay-shop:notify:unsubscribe:v1"
 _MIN_SECRET_LENGTH = 16
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}")
+"""HMAC-SHA256 in unpadded URL-safe base64: anything else was never written by this service."""
 
 
 class MalformedToken(DomainError):
@@ -59,6 +62,10 @@ class UnsubscribeLinks:
             MalformedToken: It is not shaped like a token (400).
             Forbidden: The signature does not match: forged or tampered with (403).
         """
+        if not token.isascii():
+            # Every token this service writes is ASCII; anything else is not one (and comparing
+            # non-ASCII str with hmac.compare_digest would raise TypeError).
+            raise MalformedToken("The unsubscribe token holds characters no token has; copy the whole link.")
         parts = token.split(".")
         if len(parts) != 3:  # noqa: PLR2004 - user, kind, signature
             raise MalformedToken("The unsubscribe token is incomplete; copy the whole link from the email.")
@@ -69,7 +76,9 @@ class UnsubscribeLinks:
             raise MalformedToken("The unsubscribe token names no user.") from error
         if kind not in KINDS:
             raise MalformedToken("The unsubscribe token names no kind of notification.")
-        if not hmac.compare_digest(signature, self._signature(user_hex, kind)):
+        if not _SIGNATURE.fullmatch(signature):
+            raise MalformedToken("The unsubscribe token's signature is cut off or altered; copy the whole link.")
+        if not hmac.compare_digest(signature.encode(), self._signature(user_hex, kind).encode()):
             raise Forbidden("This unsubscribe link is not genuine.")
         return user_id, kind
 

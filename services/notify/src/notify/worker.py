@@ -36,10 +36,18 @@ def worker_plan(settings: NotifySettings | None = None, *, live: LivePublisher |
         links=UnsubscribeLinks(settings.unsubscribe_secret, settings.public_base_url),
         live=live or LivePublisher(settings),
     )
-    transport = transport_from_url(
-        settings.email_url, sender=settings.email_from, timeout=settings.email_timeout_seconds
-    )
-    sender = EmailSender(transport=transport, settings=settings)
+    senders = [
+        EmailSender(
+            transport=transport_from_url(
+                settings.email_url,
+                sender=settings.email_from,
+                timeout=settings.email_timeout_seconds,
+                concurrency=settings.email_concurrency,
+            ),
+            settings=settings,
+        )
+        for _ in range(max(1, settings.email_senders))
+    ]
     return WorkerPlan(
         service="notify",
         settings=settings,
@@ -48,5 +56,8 @@ def worker_plan(settings: NotifySettings | None = None, *, live: LivePublisher |
             (consumer_spec("users-replica"), users_replica_handlers(pipeline)),
             (consumer_spec("order-notifications"), order_notification_handlers(pipeline)),
         ],
-        sweeps=[Sweep(name="email", interval_seconds=settings.email_sweep_seconds, run=sender.run_once)],
+        sweeps=[
+            Sweep(name=f"email-{index}", interval_seconds=settings.email_sweep_seconds, run=sender.run_once, drain=True)
+            for index, sender in enumerate(senders)
+        ],
     )
