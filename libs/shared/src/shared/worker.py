@@ -63,6 +63,10 @@ class Sweep:
     """Start the next pass at once while passes change rows, pausing only when one changed none: for a
     queue that must empty at the speed of what it feeds (email), not one batch per interval. Keep each
     pass short: a stop request is seen between passes."""
+    drain: bool = False
+    """Start the next pass at once while passes change rows, pausing only when one changed none: for a
+    queue that must empty at the speed of what it feeds (email), not one batch per interval. Keep each
+    pass short: a stop request is seen between passes."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,8 @@ class Worker:
                 changed = await sweep.run(self.sessions)
                 if changed:
                     log.info("sweep", sweep=sweep.name, changed=changed)
+                if sweep.drain and changed:
+                    continue
                 if sweep.drain and changed:
                     continue
             except Exception as error:  # noqa: BLE001 - a failed pass is retried at the next interval

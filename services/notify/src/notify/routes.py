@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import Controller, get, post, put
+from litestar import Controller, MediaType, get, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
@@ -91,11 +91,24 @@ class UnsubscribeController(Controller):
     path = "/notifications/unsubscribe"
     tags = ["notifications"]
 
-    @get("/")
+    @get("/", media_type=MediaType.HTML)
     async def unsubscribe(
         self,
         notifications: Notifications,
         token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="From the email's link.")],
+    ) -> str:
+        """A page asking to confirm; its button posts. Opening the link changes nothing (scanners open links)."""
+        return notifications.unsubscribe_page(token)
+
+    @post("/", status_code=HTTP_200_OK)
+    async def unsubscribe_one_click(
+        self,
+        notifications: Notifications,
+        token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="From the email's link.")],
     ) -> UnsubscribeOut:
-        """Turn off the emails of the kind the link came with."""
+        """Turn off the emails of the kind the link came with (RFC 8058 one-click, and the page's button).
+
+        The body (``List-Unsubscribe=One-Click``, as a form) is not read: the signed token in the URL
+        is the whole request.
+        """
         return await notifications.unsubscribe(token)
