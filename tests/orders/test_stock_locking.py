@@ -18,11 +18,13 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import case, func, select, update
+from prometheus_client import REGISTRY
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from orders.events import users_replica_handlers
 from orders.models import EVENT_TABLES, Order, OrderLine, Product
+from orders.transactions import RETRIED_SQLSTATES
 from orders.worker import worker_plan
 from shared.events.consumer import EventConsumer, HandlerOutcome
 from shared.events.contracts import UserDeactivated, decode_event, encode_event, new_envelope
@@ -140,6 +142,14 @@ async def statuses_of(engine: AsyncEngine, order_ids: list[str]) -> dict[str, tu
         return {str(row.id): (row.status, row.cancel_reason) for row in rows}
 
 
+def transaction_retries() -> float:
+    """How often the service re-ran a transaction Postgres aborted (the lock order should keep it 0)."""
+    return sum(
+        REGISTRY.get_sample_value("orders_transaction_retries_total", {"sqlstate": state}) or 0.0
+        for state in RETRIED_SQLSTATES
+    )
+
+
 def no_server_errors(statuses: list[int], allowed: set[int]) -> None:
     counts = collections.Counter(statuses)
     assert set(counts) <= allowed, f"answers during the race: {dict(counts)}"
@@ -160,6 +170,7 @@ async def test_deactivation_racing_placements_cancels_every_open_order_without_a
     jetstream: JetStreamContext,
 ) -> None:
     race = await Race.open(client, tokens)
+    retries = transaction_retries()
     handlers = users_replica_handlers(orders_settings)
     handler = handlers.get(UserDeactivated)
     assert handler is not None
@@ -201,12 +212,14 @@ async def test_deactivation_racing_placements_cancels_every_open_order_without_a
         assert still_open == 0
         assert set((await statuses_of(engine, victims)).values()) == {("cancelled", "user_deactivated")}
         assert_conserved(await conserved(engine, race))
+    assert transaction_retries() == retries, "a deadlock happened (and was retried): the lock order is broken"
 
 
 async def test_unpaid_sweep_racing_placements_cancels_every_stale_order_without_a_deadlock(
     client: httpx.AsyncClient, tokens: Tokens, orders_settings: OrdersSettings, engine: AsyncEngine
 ) -> None:
     race = await Race.open(client, tokens)
+    retries = transaction_retries()
     sweep = next(s for s in worker_plan(orders_settings).sweeps if s.name == "cancel-unpaid-orders")
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
@@ -235,12 +248,14 @@ async def test_unpaid_sweep_racing_placements_cancels_every_stale_order_without_
         assert sum(swept) >= len(stale)
         assert set((await statuses_of(engine, stale)).values()) == {("cancelled", "payment_timeout")}
         assert_conserved(await conserved(engine, race))
+    assert transaction_retries() == retries, "a deadlock happened (and was retried): the lock order is broken"
 
 
 async def test_customer_and_admin_cancels_and_restocks_racing_placements_keep_stock_exact(
     client: httpx.AsyncClient, tokens: Tokens, engine: AsyncEngine
 ) -> None:
     race = await Race.open(client, tokens)
+    retries = transaction_retries()
     for _ in range(ROUNDS):
         customer = tokens.customer()
         mine = [await race.order(customer, products) for products in ([race.high, race.low], [race.low], [race.high])]
@@ -276,3 +291,35 @@ async def test_customer_and_admin_cancels_and_restocks_racing_placements_keep_st
         assert set((await statuses_of(engine, mine)).values()) == {("cancelled", "customer")}
         assert set((await statuses_of(engine, theirs)).values()) == {("cancelled", "admin")}
         assert_conserved(await conserved(engine, race))
+    assert transaction_retries() == retries, "a deadlock happened (and was retried): the lock order is broken"
+
+
+async def test_placement_that_loses_a_deadlock_is_run_again_instead_of_a_500(
+    client: httpx.AsyncClient, tokens: Tokens, engine: AsyncEngine
+) -> None:
+    # Someone outside the rule (say, by hand in psql) locks H, then L. The placement locks L and
+    # waits for H; it has waited longest, so Postgres picks it as the deadlock's victim.
+    race = await Race.open(client, tokens)
+    retries = transaction_retries()
+
+    async def placement_waiting_for_a_lock() -> bool:
+        async with engine.connect() as connection:
+            waiting = await connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        return bool(waiting)
+
+    async with engine.connect() as outsider:
+        lock = select(Product.id).with_for_update()
+        await outsider.execute(lock.where(Product.id == uuid.UUID(race.high)))
+        placing = asyncio.create_task(place(client, tokens.customer(), [(race.low, 1), (race.high, 1)]))
+        await eventually(placement_waiting_for_a_lock, within=30, what="the placement waiting for H")
+        await outsider.execute(lock.where(Product.id == uuid.UUID(race.low)))  # returns once the victim is gone
+        await outsider.commit()
+    response = await placing
+    assert response.status_code == 201, response.text
+    assert transaction_retries() == retries + 1
+    assert_conserved(await conserved(engine, race))

@@ -22,6 +22,7 @@ from uuid_utils.compat import uuid7
 from orders.models import IdempotencyKey, KnownUser, Order, OrderLine, Product
 from orders.schemas import OrderLineOut, OrderOut, OrderPage, ProductOut, ProductPage
 from orders.stock import PRODUCT_COLUMNS, lock_stock, return_stock
+from orders.transactions import retry_transient
 from shared.db import contains_pattern, unit_of_work
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.contracts import (
@@ -130,6 +131,7 @@ class CatalogService:
                 raise Conflict(f"A product with SKU {data.sku!r} already exists.") from error
         return _product_out(product)
 
+    @retry_transient
     async def update(self, product_id: uuid.UUID, changes: ProductUpdate) -> ProductOut:
         """Change a product's name, description, price or active flag.
 
@@ -157,6 +159,7 @@ class CatalogService:
             ).one()
         return ProductOut(**row._asdict())
 
+    @retry_transient
     async def restock(self, product_id: uuid.UUID, quantity: int) -> ProductOut:
         """Add ``quantity`` units to the stock.
 
@@ -213,6 +216,7 @@ class OrderService:
         self.outbox = outbox
         self.settings = settings
 
+    @retry_transient
     async def place(self, user: Principal, order: PlaceOrder, *, idempotency_key: str) -> PlacedOrder:
         """Price the items from the catalog, reserve their stock and record the order, all at once.
 
@@ -435,6 +439,7 @@ class OrderService:
             )
         return lines
 
+    @retry_transient
     async def act(self, user: Principal, order_id: uuid.UUID, action: OrderAction) -> OrderOut:
         """Move an order along its lifecycle.
 
@@ -488,6 +493,7 @@ class OrderService:
         for event, sequence in events:
             await self.outbox.add(self.session, event, sequence=sequence)
 
+    @retry_transient
     async def cancel_open_orders(self, user_id: uuid.UUID, *, reason: str) -> int:
         """Cancel every pending or paid order of a user and return their stock; how many were cancelled."""
         async with unit_of_work(self.session):
@@ -502,6 +508,7 @@ class OrderService:
             await self._transition(orders, "cancel", reason=reason)
         return len(orders)
 
+    @retry_transient
     async def cancel_unpaid(self, *, older_than: datetime.timedelta, batch_size: int = 100) -> int:
         """Cancel pending orders placed before ``now - older_than`` (reason ``payment_timeout``).
 
@@ -521,11 +528,24 @@ class OrderService:
             await self._transition(orders, "cancel", reason="payment_timeout")
         return len(orders)
 
-    async def remember_user(self, user_id: uuid.UUID, *, email: str | None, is_active: bool, sequence: int) -> bool:
-        """Update the replica of a user from one of users' events, unless it is older than what is held."""
+    async def remember_user(
+        self,
+        user_id: uuid.UUID,
+        *,
+        email: str | None,
+        is_active: bool,
+        sequence: int,
+        tokens_valid_after: datetime.datetime | None = None,
+    ) -> bool:
+        """Update the replica of a user from one of users' events, unless it is older than what is held.
+
+        ``tokens_valid_after`` (when the event carries it) makes the API refuse older access tokens.
+        """
         values: dict[str, object] = {"is_active": is_active}
         if email is not None:
             values["email"] = email
+        if tokens_valid_after is not None:
+            values["tokens_valid_after"] = tokens_valid_after
         async with unit_of_work(self.session):
             return await upsert_if_newer(
                 self.session,
