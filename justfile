@@ -40,6 +40,7 @@ asyncapi:
 bench *args:
     python bench/events_pipeline.py {{args}}
     python bench/order_reads.py
+    python bench/email.py
 
 # format and fix what ruff can
 fmt:

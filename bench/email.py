@@ -1,0 +1,248 @@
+"""Benchmark: notify's email sweep, against sending the same emails directly with aiosmtplib.
+
+Both lines run in this one process, against the same local SMTP server (aiosmtpd in its own
+process, accepting and discarding), with the same messages:
+
+* **sweep**: N deliveries queued in Postgres (as the consumer queues them) are sent by the real
+  ``EmailSender``: claim a batch with ``SKIP LOCKED`` and a lease, build and send each email over
+  ``--concurrency`` reused SMTP connections, record every outcome, and claim again while batches
+  come back full; the worker would run the next pass at once (``Sweep(drain=True)``), as the loop here
+  does. ``--senders`` sweeps run side by side, as several workers would.
+* **direct**: the same N emails built by the same ``build_message`` and sent with aiosmtplib's
+  ``send_message`` over as many connections, kept open, with no database at all: the ceiling.
+
+Run: ``uv run python bench/email.py [--emails N] [--concurrency C] [--senders K] [--batch B]``.
+"""
+
+# ruff: noqa: E402 - the standard library's email package must be reachable before the other imports
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, and this file (bench/email.py) would
+# hide the standard library's ``email`` package from everything imported below.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import asyncio
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import aiosmtplib
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from uuid_utils.compat import uuid7
+
+from notify.app import DATABASE
+from notify.mail import OutgoingEmail, build_message, transport_from_url
+from notify.models import Contact, DeliveryStatus, EmailDelivery
+from notify.service import EmailSender
+from notify.settings import NotifySettings
+from notify.templates import NotificationTemplates
+from notify.tokens import UnsubscribeLinks
+from shared.db import provision_service_role
+from shared.devstack.servers import PostgresServer, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+SERVICE = "notify"
+SENDER = "Relay Shop <no-reply@relay-shop.example>"
+
+
+async def wait_for_smtp(port: int) -> None:
+    """Until the SMTP server answers its greeting."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=2)
+            await client.connect()
+            await client.quit()
+            return
+        except (OSError, aiosmtplib.SMTPException):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def seed(engine: AsyncEngine, *, emails: int, links: UnsubscribeLinks) -> list[OutgoingEmail]:
+    """``emails`` users and one queued welcome email each, as the consumer writes them; the same emails."""
+    templates = NotificationTemplates()
+    contacts: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+    outgoing: list[OutgoingEmail] = []
+    for index in range(emails):
+        user_id, delivery_id = uuid.uuid4(), uuid7()
+        name, address = f"Customer {index}", f"customer{index}@example.com"
+        rendered = templates.render("welcome", {"name": name})
+        url = links.url(user_id, "welcome")
+        body = templates.email_text(kind="welcome", name=name, body=rendered.body, unsubscribe_url=url)
+        contacts.append({"user_id": user_id, "email": address, "display_name": name, "sequence": 1})
+        deliveries.append(
+            {
+                "id": delivery_id,
+                "user_id": user_id,
+                "kind": "welcome",
+                "source_event_id": uuid7(),
+                "subject": rendered.title,
+                "body": body,
+                "unsubscribe_url": url,
+            }
+        )
+        outgoing.append(OutgoingEmail(delivery_id, address, name, rendered.title, body, url))
+    async with engine.begin() as connection:
+        await connection.execute(insert(Contact), contacts)
+        await connection.execute(insert(EmailDelivery), deliveries)
+        await connection.exec_driver_sql(f"ANALYZE {SERVICE}.email_delivery, {SERVICE}.contact")
+    return outgoing
+
+
+async def direct(port: int, emails: list[OutgoingEmail], *, concurrency: int) -> float:
+    """The baseline: the same emails straight to the server over ``concurrency`` kept connections."""
+    pending = iter(emails)
+
+    async def lane() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+        await client.connect()
+        try:
+            for outgoing in pending:
+                await client.send_message(build_message(outgoing, sender=SENDER))
+        finally:
+            await client.quit()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return time.perf_counter() - began
+
+
+async def sweep(engine: AsyncEngine, settings: NotifySettings, *, senders: int) -> float:
+    """The line under test: ``senders`` sweeps side by side until the queue is empty."""
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def one_sweep() -> None:
+        transport = transport_from_url(
+            settings.email_url, sender=SENDER, timeout=30, concurrency=settings.email_concurrency
+        )
+        sender = EmailSender(transport=transport, settings=settings)
+        while await sender.run_once(sessions):  # what Sweep(drain=True) does between passes
+            pass
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one_sweep() for _ in range(senders)))
+    return time.perf_counter() - began
+
+
+async def benchmark(postgres: PostgresServer, smtp_port: int, args: argparse.Namespace) -> None:
+    url = await provision_service_role(postgres.url(), service=SERVICE, password=secrets.token_urlsafe(16))
+    await asyncio.to_thread(DATABASE.upgrade, url)  # Alembic runs its own event loop
+    engine = create_async_engine(url, pool_size=2 * args.senders, max_overflow=0)
+    settings = NotifySettings(
+        database_url=url,
+        email_url=f"smtp://127.0.0.1:{smtp_port}",
+        email_from=SENDER,
+        email_batch_size=args.batch,
+        email_concurrency=args.concurrency,
+        unsubscribe_secret=secrets.token_urlsafe(24),
+    )
+    links = UnsubscribeLinks(settings.unsubscribe_secret, settings.public_base_url)
+    try:
+        await wait_for_smtp(smtp_port)
+        warmup = await seed(engine, emails=100, links=links)
+        await direct(smtp_port, warmup, concurrency=args.concurrency)
+        await sweep(engine, settings, senders=args.senders)
+        emails = await seed(engine, emails=args.emails, links=links)
+        direct_seconds = await direct(smtp_port, emails, concurrency=args.concurrency)
+        sweep_seconds = await sweep(engine, settings, senders=args.senders)
+        async with engine.connect() as connection:
+            sent = await connection.scalar(
+                select(func.count()).select_from(EmailDelivery).where(EmailDelivery.status == DeliveryStatus.SENT)
+            )
+        assert sent == args.emails + len(warmup), f"{sent} sent, expected {args.emails + len(warmup)}"
+    finally:
+        await engine.dispose()
+    report(args, direct_rate=args.emails / direct_seconds, sweep_rate=args.emails / sweep_seconds)
+
+
+def report(args: argparse.Namespace, *, direct_rate: float, sweep_rate: float) -> None:
+    print(f"email benchmark: N={args.emails} emails per line to a local aiosmtpd (its own process, discards)")
+    print(f"  direct: build_message + aiosmtplib send_message, {args.concurrency} kept connections, no database")
+    print(
+        f"  sweep:  EmailSender: {args.senders} sweep(s) side by side, batches of {args.batch}, "
+        f"{args.concurrency} reused SMTP connections each; claim + lease, send, record per row in Postgres"
+    )
+    print("  one Python process and event loop for both lines; every queued row checked 'sent' afterwards")
+    print()
+    print(f"  {'line':<7} {'emails/s':>9}")
+    print(f"  {'direct':<7} {direct_rate:>9.0f}")
+    print(f"  {'sweep':<7} {sweep_rate:>9.0f}")
+    print()
+    print(f"  sweep/direct: x{sweep_rate / direct_rate:.2f}")
+
+
+_signals_received: list[int] = []
+
+
+def _interrupt_outside_loop(signum: int, _frame: Any) -> NoReturn:
+    _signals_received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupt_loop(task: asyncio.Task[None], signum: int) -> None:
+    _signals_received.append(signum)
+    task.cancel()
+
+
+async def interruptible(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` so that SIGINT and SIGTERM cancel it instead of killing the process."""
+    task = asyncio.ensure_future(main)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _interrupt_loop, task, signum)
+    await task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--emails", type=int, default=2000, help="emails per line (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=8, help="SMTP connections per line (default 8)")
+    parser.add_argument("--senders", type=int, default=1, help="sweeps side by side (default 1)")
+    parser.add_argument("--batch", type=int, default=50, help="deliveries claimed at a time (default 50)")
+    args = parser.parse_args()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt_outside_loop)
+    root = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    root.chmod(0o755)  # the unprivileged Postgres account must traverse it when we run as root
+    postgres = PostgresServer(root / "postgres")
+    smtp_port = free_port()
+    smtp: subprocess.Popen[bytes] | None = None
+    try:
+        postgres.start()
+        smtp = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink", "-l", f"127.0.0.1:{smtp_port}"],
+            stdout=subprocess.DEVNULL,
+        )
+        asyncio.run(interruptible(benchmark(postgres, smtp_port, args)))
+    except BaseException:
+        if not _signals_received:
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        if smtp is not None:
+            smtp.terminate()
+            smtp.wait(10)
+        postgres.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
