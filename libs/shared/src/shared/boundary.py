@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl
 
 from litestar import Request
 from litestar._openapi.plugin import handle_schema_path_not_found
+from litestar.datastructures import CacheControlHeader, ResponseHeader
 from litestar.enums import RequestEncodingType, ScopeType
 from litestar.exceptions import ClientException, NotFoundException, ValidationException
 from litestar.middleware import ASGIMiddleware
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = (
     "JSON_MEDIA_TYPES",
+    "NO_STORE",
+    "PRAGMA_NO_CACHE",
     "SECURITY_HEADERS",
     "BoundaryConfig",
     "InputBoundaryMiddleware",
@@ -253,6 +256,11 @@ class InputBoundaryMiddleware(ASGIMiddleware):
         if problem is not None:
             raise ClientException(detail=problem)
 
+
+NO_STORE: Final = CacheControlHeader(no_store=True)
+"""For answers that carry credentials (tokens): no cache may keep them (RFC 6749 §5.1)."""
+PRAGMA_NO_CACHE: Final = ResponseHeader(name="Pragma", value="no-cache")
+"""The HTTP/1.0 twin of ``NO_STORE`` that RFC 6749 §5.1 also asks token responses for."""
 
 SECURITY_HEADERS: Final = (
     (b"x-content-type-options", b"nosniff"),

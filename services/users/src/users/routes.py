@@ -11,6 +11,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter, URLEncodedBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from shared.auth import AccessTokenSigner, CurrentUser, admin_only, jwk_from_public_key, signed_in
+from shared.boundary import NO_STORE, PRAGMA_NO_CACHE
 from shared.pagination import PageRequest
 from users.schemas import (
     AdminUserUpdate,
@@ -38,6 +39,9 @@ class AuthController(Controller):
 
     path = "/auth"
     tags = ["auth"]
+    # Its answers carry tokens (and account data): no cache keeps them.
+    cache_control = NO_STORE
+    response_headers = [PRAGMA_NO_CACHE]
 
     @post("/register", status_code=HTTP_201_CREATED)
     async def register(self, data: JSONBody[RegisterUser], users: Users, client_address: ClientAddress) -> UserOut:
