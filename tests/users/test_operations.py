@@ -1,4 +1,4 @@
-"""Health, metrics, docs and migrations of the users service."""
+"""Health, docs and migrations of the users service (metrics: tests/contract/test_api_surface.py)."""
 
 from __future__ import annotations
 
@@ -64,15 +64,6 @@ async def test_ready_stays_ok_when_a_newer_release_migrated_the_schema(
     await engine.dispose()
     async with serve_app(create_app(msgspec.structs.replace(users_settings, database_url=url))) as client:
         assert (await client.get("/health/ready")).status_code == 200
-
-
-async def test_metrics_are_exposed_for_prometheus(client: httpx.AsyncClient) -> None:
-    await client.get("/health/live")
-    await client.post("/auth/login", json={"email": "x@example.com", "password": "0123456789"})
-    metrics = await client.get("/metrics")
-    assert metrics.status_code == 200
-    assert "users_requests_total" in metrics.text
-    assert 'path="/auth/login"' in metrics.text
 
 
 async def test_openapi_documents_every_route(client: httpx.AsyncClient) -> None:

@@ -10,11 +10,8 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy.exc import ProgrammingError
 
 from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_keys, provide_current_user
@@ -25,6 +22,8 @@ from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
 from shared.events.permissions import inbox_prefix
 from shared.health import ReadinessCheck, create_health_controller
+from shared.internal_port import Answer, metrics_answer, start_internal_server
+from shared.openapi import StrictStructSchemaPlugin, allow_every_method, document_operations, openapi_config
 from shared.pagination import provide_page_request
 from shared.telemetry import RouteSpanNameMiddleware, configure_logging, configure_tracing
 
@@ -37,9 +36,14 @@ if TYPE_CHECKING:
     from shared.revocations import TokenRevocations
     from shared.settings import ServiceSettings
 
-__all__ = ("ServiceApp", "create_service_app", "verifier_from_settings")
+__all__ = ("CORS_ALLOW_HEADERS", "CORS_EXPOSE_HEADERS", "ServiceApp", "create_service_app", "verifier_from_settings")
 
-_UNAUTHENTICATED_PATHS = ("/health", "/metrics", "/docs")
+_UNAUTHENTICATED_PATHS = ("/health", "/docs")
+
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "traceparent", "tracestate")
+"""Request headers a page on an allowed origin may send (``*`` would not cover ``Authorization``)."""
+CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "Idempotent-Replayed", "WWW-Authenticate")
+"""Response headers such a page may read."""
 
 
 @dataclass
@@ -70,6 +74,8 @@ class ServiceApp:
     """Open a new database connection per session (tests that run the app on another loop)."""
     token_revocations: TokenRevocations | None = None
     """The service's view of revoked accounts' ``tokens_valid_after``: tokens issued earlier get 401."""
+    token_url: str = ""
+    """Where Swagger UI signs in when the ``token_url`` setting is empty (users: its own ``/auth/token``)."""
 
 
 def verifier_from_settings(settings: ServiceSettings, audience: str) -> TokenVerifier:
@@ -115,9 +121,10 @@ def _readiness_checks(
 def create_service_app(app_config: ServiceApp) -> Litestar:
     """Build a service's Litestar app with everything services share.
 
-    Problem details for every error, health and readiness, Prometheus metrics, OpenAPI docs at
-    ``/docs``, CORS and a body size limit from settings, JSON logs, OpenTelemetry spans named by
-    route template, bearer-token authentication, the database session and (when configured) NATS.
+    Problem details for every error, health and readiness, Prometheus metrics on an internal port
+    (``metrics_port``), OpenAPI docs at ``/docs`` (unless ``docs_enabled`` is off) with Swagger UI
+    served offline, CORS and a body size limit from settings, JSON logs, OpenTelemetry spans named
+    by route template, bearer-token authentication, the database session and (when configured) NATS.
     """
     settings = app_config.settings
     configure_logging(level=settings.log_level, json=settings.log_json)
@@ -129,9 +136,18 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     client_addresses = ClientAddressResolver(settings.trusted_proxies, header=settings.forwarded_header)
     runtime: dict[str, Any] = {}
 
+    async def internal_answer(path: str) -> Answer | None:
+        return metrics_answer() if path == "/metrics" else None
+
     @asynccontextmanager
     async def connections(app: Litestar) -> AsyncIterator[None]:
+        metrics_server = None
         try:
+            if settings.metrics_port:
+                # One granian worker per pod (the manifests' setting): its registry is the pod's.
+                metrics_server = await start_internal_server(
+                    settings.metrics_host, settings.metrics_port, internal_answer
+                )
             if settings.nats_url:
                 connection = await connect_nats(
                     settings.nats_url,
@@ -147,34 +163,44 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         finally:
             if app_config.token_revocations is not None:
                 await app_config.token_revocations.stop()
+            if metrics_server is not None:
+                metrics_server.close()
+                await metrics_server.wait_closed()
             if "nats" in runtime:
                 await runtime.pop("nats").drain()
             # advanced-alchemy renames its state keys when a process builds a second app (tests do)
             # and then skips disposing the engine: dispose it here, whatever the keys.
             await alchemy.get_engine().dispose()
 
-    openapi = OpenAPIConfig(
-        title=f"Relay Shop · {app_config.name}",
-        version=app_config.version,
-        description=app_config.description or None,
-        path="/docs",
-        render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin(path="/openapi.json")],
-        components=Components(
-            security_schemes={
-                "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
-            }
-        ),
-        use_handler_docstrings=True,
+    openapi = (
+        openapi_config(
+            title=f"Relay Shop · {app_config.name}",
+            version=app_config.version,
+            description=app_config.description or None,
+            token_url=settings.token_url or app_config.token_url,
+        )
+        if settings.docs_enabled
+        else None
     )
     prometheus = PrometheusConfig(
-        app_name=app_config.name, prefix=app_config.name, group_path=True, exclude=["/metrics", "/health"]
+        app_name=app_config.name, prefix=app_config.name, group_path=True, exclude=["/health", "/docs"]
+    )
+    cors = (
+        CORSConfig(
+            allow_origins=list(settings.cors_allow_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=list(CORS_ALLOW_HEADERS),
+            expose_headers=list(CORS_EXPOSE_HEADERS),
+            max_age=600,
+        )
+        if settings.cors_allow_origins
+        else None
     )
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *app_config.route_handlers,
             create_health_controller(_readiness_checks(app_config, alchemy, runtime)),
-            PrometheusController,
         ],
         dependencies={
             "user": Provide(provide_current_user),
@@ -184,6 +210,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         },
         plugins=[
             SQLAlchemyPlugin(config=alchemy),
+            StrictStructSchemaPlugin(),
             OpenTelemetryPlugin(
                 OpenTelemetryConfig(exclude=list(_UNAUTHENTICATED_PATHS), exclude_spans=["send", "receive"])
             ),
@@ -201,10 +228,11 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         on_startup=list(app_config.on_startup),
         on_shutdown=list(app_config.on_shutdown),
         openapi_config=openapi,
-        cors_config=CORSConfig(allow_origins=list(settings.cors_allow_origins))
-        if settings.cors_allow_origins
-        else None,
+        cors_config=cors,
         request_max_body_size=settings.max_request_body_bytes,
         logging_config=None,
         debug=settings.debug,
     )
+    document_operations(app)
+    allow_every_method(app)
+    return app

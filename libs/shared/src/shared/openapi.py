@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DOCS_PATH",
+    "allow_every_method",
     "OfflineSwaggerUI",
     "StrictStructSchemaPlugin",
     "document_operations",
@@ -241,6 +242,25 @@ def document_operations(app: Litestar) -> None:
                 handler.security = signed_in_security
                 # Litestar caches the resolved security on first use: recompute it with ours.
                 handler._resolved_security = Empty
+
+
+def allow_every_method(app: Litestar) -> None:
+    """Make ``OPTIONS`` (and its ``Allow`` header) list every method of its path.
+
+    Litestar builds a path's ``OPTIONS`` handler with the first route of that path and keeps it
+    when later handlers of the same path are merged into a new route: its ``Allow`` then names
+    only the first handler's methods (``OPTIONS, POST`` on a path that also has ``GET``). Point
+    each such handler at its path's current methods.
+    """
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for handler in route.route_handlers:
+            if handler.http_methods != {"OPTIONS"} or handler.fn.__name__ != "options_handler":
+                continue
+            for cell in getattr(handler.fn, "__closure__", None) or ():
+                if isinstance(cell.cell_contents, HTTPRoute) and cell.cell_contents is not route:
+                    cell.cell_contents.methods = route.methods
 
 
 def _returns_event_stream(handler: HTTPRouteHandler) -> bool:

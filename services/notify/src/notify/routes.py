@@ -15,12 +15,12 @@ from notify.live import NotificationFeed
 from notify.schemas import NotificationOut, NotificationPage, Preferences, ReadAllOut, UnsubscribeOut
 from notify.service import NotificationService
 from shared.auth import CurrentUser, signed_in
+from shared.errors import Forbidden
 from shared.pagination import PageRequest
 
 __all__ = ("NotificationController", "UnsubscribeController")
 
 Notifications = NamedDependency[NotificationService]
-BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
 class NotificationController(Controller):
@@ -29,9 +29,8 @@ class NotificationController(Controller):
     path = "/notifications"
     tags = ["notifications"]
     guards = [signed_in]
-    security = BEARER
 
-    @get("/")
+    @get("/", operation_id="listNotifications")
     async def list_notifications(
         self,
         user: CurrentUser,
@@ -42,19 +41,19 @@ class NotificationController(Controller):
         """Your notifications, newest first, with how many are unread."""
         return await notifications.page(user.id, unread_only=unread, limit=page.limit, offset=page.offset)
 
-    @post("/{notification_id:uuid}/read", status_code=HTTP_200_OK)
+    @post("/{notification_id:uuid}/read", status_code=HTTP_200_OK, operation_id="markNotificationRead")
     async def mark_read(
         self, notification_id: FromPath[uuid.UUID], user: CurrentUser, notifications: Notifications
     ) -> NotificationOut:
         """Mark one of your notifications read."""
         return await notifications.mark_read(user.id, notification_id)
 
-    @post("/read-all", status_code=HTTP_200_OK)
+    @post("/read-all", status_code=HTTP_200_OK, operation_id="markAllNotificationsRead")
     async def mark_all_read(self, user: CurrentUser, notifications: Notifications) -> ReadAllOut:
         """Mark all your notifications read."""
         return await notifications.mark_all_read(user.id)
 
-    @get("/stream")
+    @get("/stream", operation_id="streamNotifications")
     async def stream(
         self,
         user: CurrentUser,
@@ -72,12 +71,12 @@ class NotificationController(Controller):
         """
         return ServerSentEvent(feed.events(user.id, after=last_event_id))
 
-    @get("/preferences")
+    @get("/preferences", operation_id="getPreferences")
     async def show_preferences(self, user: CurrentUser, notifications: Notifications) -> Preferences:
         """For every kind of notification: in the app, by email, or both (all on unless turned off)."""
         return await notifications.preferences(user.id)
 
-    @put("/preferences")
+    @put("/preferences", operation_id="replacePreferences")
     async def replace_preferences(
         self, data: JSONBody[Preferences], user: CurrentUser, notifications: Notifications
     ) -> Preferences:
@@ -91,7 +90,7 @@ class UnsubscribeController(Controller):
     path = "/notifications/unsubscribe"
     tags = ["notifications"]
 
-    @get("/", media_type=MediaType.HTML)
+    @get("/", operation_id="unsubscribe", domain_errors=(Forbidden,), media_type=MediaType.HTML)
     async def unsubscribe(
         self,
         notifications: Notifications,
@@ -100,7 +99,7 @@ class UnsubscribeController(Controller):
         """A page asking to confirm; its button posts. Opening the link changes nothing (scanners open links)."""
         return notifications.unsubscribe_page(token)
 
-    @post("/", status_code=HTTP_200_OK)
+    @post("/", operation_id="unsubscribeOneClick", domain_errors=(Forbidden,), status_code=HTTP_200_OK)
     async def unsubscribe_one_click(
         self,
         notifications: Notifications,

@@ -25,31 +25,13 @@ from orders.schemas import (
 )
 from orders.service import CatalogService, OrderAction, OrderService
 from shared.auth import CurrentUser, Principal, admin_only, signed_in
-from shared.errors import Problem
+from shared.errors import Conflict, Forbidden, Unprocessable
 from shared.pagination import PageRequest
 
 __all__ = ("OrderController", "ProductController")
 
 Catalog = NamedDependency[CatalogService]
 Orders = NamedDependency[OrderService]
-BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
-
-
-def _problems(*statuses: int) -> dict[int, ResponseSpec]:
-    descriptions = {
-        400: "Invalid input (fields named in errors[])",
-        401: "No valid access token",
-        403: "Not allowed",
-        404: "No such resource (or not yours)",
-        409: "Conflicts with the current state",
-        422: "Well formed but cannot be applied",
-    }
-    return {
-        status: ResponseSpec(
-            data_container=Problem, description=descriptions[status], media_type="application/problem+json"
-        )
-        for status in statuses
-    }
 
 
 def _caller(request: Request[Any, Any, Any]) -> Principal | None:
@@ -63,7 +45,7 @@ class ProductController(Controller):
     path = "/products"
     tags = ["catalog"]
 
-    @get("/", responses=_problems(400))
+    @get("/", operation_id="listProducts")
     async def list_products(
         self,
         request: Request[Any, Any, Any],
@@ -79,7 +61,7 @@ class ProductController(Controller):
         shown = active if caller is not None and caller.is_admin else True
         return await catalog.list_products(search=q, active=shown, limit=page.limit, offset=page.offset)
 
-    @get("/{product_id:uuid}", responses=_problems(404))
+    @get("/{product_id:uuid}", operation_id="getProduct")
     async def show_product(
         self, request: Request[Any, Any, Any], product_id: FromPath[uuid.UUID], catalog: Catalog
     ) -> ProductOut:
@@ -88,13 +70,13 @@ class ProductController(Controller):
         return await catalog.get(product_id, include_inactive=caller is not None and caller.is_admin)
 
     @post(
-        "/", status_code=HTTP_201_CREATED, responses=_problems(400, 401, 403, 409), guards=[admin_only], security=BEARER
+        "/", status_code=HTTP_201_CREATED, guards=[admin_only], operation_id="createProduct", domain_errors=(Conflict,)
     )
     async def create_product(self, data: JSONBody[ProductCreate], catalog: Catalog) -> ProductOut:
         """Add a product (the SKU must be new)."""
         return await catalog.create(data)
 
-    @patch("/{product_id:uuid}", responses=_problems(400, 401, 403, 404), guards=[admin_only], security=BEARER)
+    @patch("/{product_id:uuid}", guards=[admin_only], operation_id="updateProduct")
     async def update_product(
         self, product_id: FromPath[uuid.UUID], data: JSONBody[ProductUpdate], catalog: Catalog
     ) -> ProductOut:
@@ -104,9 +86,8 @@ class ProductController(Controller):
     @delete(
         "/{product_id:uuid}",
         status_code=HTTP_204_NO_CONTENT,
-        responses=_problems(401, 403, 404),
         guards=[admin_only],
-        security=BEARER,
+        operation_id="deactivateProduct",
     )
     async def deactivate_product(self, product_id: FromPath[uuid.UUID], catalog: Catalog) -> None:
         """Take a product off sale (orders already placed keep it)."""
@@ -115,9 +96,8 @@ class ProductController(Controller):
     @post(
         "/{product_id:uuid}/restock",
         status_code=HTTP_200_OK,
-        responses=_problems(400, 401, 403, 404),
         guards=[admin_only],
-        security=BEARER,
+        operation_id="restockProduct",
     )
     async def restock_product(
         self, product_id: FromPath[uuid.UUID], data: JSONBody[Restock], catalog: Catalog
@@ -132,13 +112,15 @@ class OrderController(Controller):
     path = "/orders"
     tags = ["orders"]
     guards = [signed_in]
-    security = BEARER
 
     @post(
         "/",
         status_code=HTTP_201_CREATED,
-        responses={201: ResponseSpec(data_container=OrderOut, description="The order")}
-        | _problems(400, 401, 403, 409, 422),
+        responses={
+            201: ResponseSpec(data_container=OrderOut, description="The order (the first answer again on a replay)")
+        },
+        operation_id="placeOrder",
+        domain_errors=(Forbidden, Conflict, Unprocessable),
     )
     async def place_order(
         self,
@@ -160,7 +142,7 @@ class OrderController(Controller):
         headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
         return Response(placed.body, status_code=placed.status_code, media_type="application/json", headers=headers)
 
-    @get("/", responses=_problems(400, 401))
+    @get("/", operation_id="listOrders")
     async def list_orders(
         self,
         user: CurrentUser,
@@ -174,23 +156,27 @@ class OrderController(Controller):
         """Your orders, newest first (administrators: everyone's, filtered)."""
         return await orders.list_orders(user, owner=user_id, status=status, limit=page.limit, offset=page.offset)
 
-    @get("/{order_id:uuid}", responses=_problems(401, 404))
+    @get("/{order_id:uuid}", operation_id="getOrder")
     async def show_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """One order (yours, or any for administrators)."""
         return await orders.get(user, order_id)
 
-    @post("/{order_id:uuid}/pay", status_code=HTTP_200_OK, responses=_problems(401, 403, 404, 409))
+    @post("/{order_id:uuid}/pay", status_code=HTTP_200_OK, operation_id="payOrder", domain_errors=(Forbidden, Conflict))
     async def pay_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Pay your pending order."""
         return await _act(orders, user, order_id, "pay")
 
-    @post("/{order_id:uuid}/cancel", status_code=HTTP_200_OK, responses=_problems(401, 404, 409))
+    @post("/{order_id:uuid}/cancel", status_code=HTTP_200_OK, operation_id="cancelOrder", domain_errors=(Conflict,))
     async def cancel_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Cancel your pending or paid order; its stock returns to the catalog."""
         return await _act(orders, user, order_id, "cancel")
 
     @post(
-        "/{order_id:uuid}/ship", status_code=HTTP_200_OK, guards=[admin_only], responses=_problems(401, 403, 404, 409)
+        "/{order_id:uuid}/ship",
+        status_code=HTTP_200_OK,
+        guards=[admin_only],
+        operation_id="shipOrder",
+        domain_errors=(Conflict,),
     )
     async def ship_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Mark a paid order shipped (administrators)."""
@@ -200,7 +186,8 @@ class OrderController(Controller):
         "/{order_id:uuid}/deliver",
         status_code=HTTP_200_OK,
         guards=[admin_only],
-        responses=_problems(401, 403, 404, 409),
+        operation_id="deliverOrder",
+        domain_errors=(Conflict,),
     )
     async def deliver_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Mark a shipped order delivered (administrators)."""

@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from shared.auth import AccessTokenSigner, CurrentUser, admin_only, jwk_from_public_key, signed_in
 from shared.boundary import NO_STORE, PRAGMA_NO_CACHE
+from shared.errors import Conflict, Forbidden, TooManyRequests, Unprocessable
 from shared.pagination import PageRequest
 from users.schemas import (
     AdminUserUpdate,
@@ -31,7 +32,6 @@ __all__ = ("AdminUserController", "AuthController", "KeysController", "ProfileCo
 Users = NamedDependency[UserService]
 ClientAddress = NamedDependency[str]
 """The client's address behind trusted proxies (``shared.client_address``), from ``shared.app``."""
-BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
 class AuthController(Controller):
@@ -43,27 +43,32 @@ class AuthController(Controller):
     cache_control = NO_STORE
     response_headers = [PRAGMA_NO_CACHE]
 
-    @post("/register", status_code=HTTP_201_CREATED)
+    @post(
+        "/register",
+        status_code=HTTP_201_CREATED,
+        operation_id="register",
+        domain_errors=(Conflict, Unprocessable, TooManyRequests),
+    )
     async def register(self, data: JSONBody[RegisterUser], users: Users, client_address: ClientAddress) -> UserOut:
         """Create an account. The email must be new (case does not matter). Rate-limited per client address."""
         return await users.register(data, client_address=client_address)
 
-    @post("/login", status_code=HTTP_200_OK)
+    @post("/login", status_code=HTTP_200_OK, operation_id="login", domain_errors=(TooManyRequests,))
     async def login(self, data: JSONBody[LoginRequest], users: Users, client_address: ClientAddress) -> TokenPair:
         """Sign in with email and password as JSON. Rate-limited per account and per client address."""
         return await users.login(email=data.email, password=data.password, client_address=client_address)
 
-    @post("/token", status_code=HTTP_200_OK)
+    @post("/token", status_code=HTTP_200_OK, operation_id="token", domain_errors=(TooManyRequests,))
     async def token(self, data: URLEncodedBody[LoginForm], users: Users, client_address: ClientAddress) -> TokenPair:
         """Sign in with the OAuth2 password grant form (``username`` is the email)."""
         return await users.login(email=data.username, password=data.password, client_address=client_address)
 
-    @post("/refresh", status_code=HTTP_200_OK)
+    @post("/refresh", status_code=HTTP_200_OK, operation_id="refresh")
     async def refresh(self, data: JSONBody[RefreshRequest], users: Users) -> TokenPair:
         """Trade a refresh token for a new pair. Each refresh token works once."""
         return await users.refresh(data.refresh_token)
 
-    @post("/logout", status_code=HTTP_204_NO_CONTENT)
+    @post("/logout", status_code=HTTP_204_NO_CONTENT, operation_id="logout")
     async def logout(self, data: JSONBody[RefreshRequest], users: Users) -> None:
         """Revoke the refresh token and every token rotated from the same sign-in."""
         await users.logout(data.refresh_token)
@@ -75,7 +80,7 @@ class KeysController(Controller):
     path = "/.well-known"
     tags = ["auth"]
 
-    @get("/jwks.json", sync_to_thread=False, cache_control=None)
+    @get("/jwks.json", sync_to_thread=False, cache_control=None, operation_id="getJwks")
     def jwks(self, signer: NamedDependency[AccessTokenSigner]) -> dict[str, list[dict[str, str]]]:
         """The JSON Web Key Set of the access-token signing key."""
         return {"keys": [jwk_from_public_key(signer.public_key)]}
@@ -87,14 +92,13 @@ class ProfileController(Controller):
     path = "/users/me"
     tags = ["profile"]
     guards = [signed_in]
-    security = BEARER
 
-    @get("/")
+    @get("/", operation_id="getOwnProfile")
     async def show(self, user: CurrentUser, users: Users) -> UserOut:
         """Your account."""
         return await users.get_active(user.id)
 
-    @patch("/")
+    @patch("/", operation_id="updateOwnProfile", domain_errors=(Forbidden, Conflict, Unprocessable, TooManyRequests))
     async def update(
         self, data: JSONBody[ProfileUpdate], user: CurrentUser, users: Users, client_address: ClientAddress
     ) -> UserOut:
@@ -104,7 +108,7 @@ class ProfileController(Controller):
         """
         return await users.update_profile(user.id, data, client_address=client_address)
 
-    @delete("/", status_code=HTTP_204_NO_CONTENT)
+    @delete("/", status_code=HTTP_204_NO_CONTENT, operation_id="deactivateOwnAccount")
     async def deactivate(self, user: CurrentUser, users: Users) -> None:
         """Deactivate your account: you can no longer sign in and every refresh token is revoked."""
         await users.deactivate(user.id)
@@ -116,9 +120,8 @@ class AdminUserController(Controller):
     path = "/users"
     tags = ["admin"]
     guards = [admin_only]
-    security = BEARER
 
-    @get("/")
+    @get("/", operation_id="listUsers")
     async def list_users(
         self,
         users: Users,
@@ -128,12 +131,12 @@ class AdminUserController(Controller):
         """Accounts, newest first, optionally filtered by a search term."""
         return await users.list(search=q, limit=page.limit, offset=page.offset)
 
-    @get("/{user_id:uuid}")
+    @get("/{user_id:uuid}", operation_id="getUser")
     async def show_user(self, user_id: FromPath[uuid.UUID], users: Users) -> UserOut:
         """One account."""
         return await users.get(user_id)
 
-    @patch("/{user_id:uuid}")
+    @patch("/{user_id:uuid}", operation_id="updateUser", domain_errors=(Conflict,))
     async def update_user(
         self, user_id: FromPath[uuid.UUID], data: JSONBody[AdminUserUpdate], user: CurrentUser, users: Users
     ) -> UserOut:
