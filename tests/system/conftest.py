@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.devstack.servers import free_port
+from shared.devstack.servers import die_with_parent, free_port
 from shared.devstack.supervisor import SERVICES, StackPorts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 READY_LINE = "Ctrl-C stops everything"
+CORS_ORIGIN = "https://shop.example.test"
 
 
 @dataclass
@@ -32,6 +33,8 @@ class RunningStack:
     ports: StackPorts
     process: subprocess.Popen[str] | None = None
     log: list[str] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """The person's own variables ``just up`` is started with (``ORDERS_CORS_ALLOW_ORIGINS``, ...)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -39,7 +42,7 @@ class RunningStack:
         ports = {
             f"RELAY_{name.upper()}_PORT": str(getattr(self.ports, name)) for name in StackPorts.__dataclass_fields__
         }
-        return os.environ | ports | {"RELAY_DATA": str(self.data)}
+        return os.environ | ports | {"RELAY_DATA": str(self.data)} | self.extra_env
 
     def url(self, service: str) -> str:
         """The base URL of a service's API."""
@@ -53,8 +56,12 @@ class RunningStack:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # its own process group, as in a terminal; and it goes when the test run dies
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
         )
         ready = threading.Event()
+        ended = threading.Event()
         stream = self.process.stdout
         assert stream is not None
 
@@ -63,9 +70,13 @@ class RunningStack:
                 self.log.append(line)
                 if READY_LINE in line:
                     ready.set()
+            ended.set()
 
         threading.Thread(target=collect, daemon=True).start()
-        if not ready.wait(timeout):
+        deadline = time.monotonic() + timeout
+        while not ready.is_set() and not ended.is_set() and time.monotonic() < deadline:
+            ready.wait(0.2)
+        if not ready.is_set():
             self.stop()
             raise AssertionError("the stack did not come up:\n" + "".join(self.log[-60:]))
 
@@ -103,8 +114,12 @@ class RunningStack:
 
     def stop(self) -> int:
         """Ctrl-C, as a person would; returns the supervisor's exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
+        if self.process is None:
+            return 0
+        if self.process.poll() is not None:
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            return self.process.returncode
         self.process.send_signal(signal.SIGINT)
         try:
             code = self.process.wait(60)
@@ -118,14 +133,19 @@ class RunningStack:
 
 @pytest.fixture(scope="session")
 def stack_ports() -> StackPorts:
-    names = ["postgres", "nats", "nats_monitor", *SERVICES, *(f"{service}_worker" for service in SERVICES)]
-    return StackPorts(**{name: free_port() for name in names})
+    return StackPorts(**{name: free_port() for name in StackPorts.__dataclass_fields__})
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, stack_ports: StackPorts) -> Iterator[RunningStack]:
     """The whole system, once for the session's system tests."""
-    running = RunningStack(data=tmp_path_factory.mktemp("stack") / "data", ports=stack_ports)
+    running = RunningStack(
+        data=tmp_path_factory.mktemp("stack") / "data",
+        ports=stack_ports,
+        # A person's own settings reach the services; one that would rewire the stack is ignored.
+        extra_env={f"{service.upper()}_CORS_ALLOW_ORIGINS": CORS_ORIGIN for service in SERVICES}
+        | {"ORDERS_DATABASE_URL": "postgresql+asyncpg://nobody:nothing@127.0.0.1:1/nowhere"},
+    )
     running.start()
     yield running
     assert running.stop() == 0, "".join(running.log[-40:])

@@ -636,14 +636,10 @@ class DevStack:
         from shared.db import provision_service_role
 
         await _ensure_database(self.postgres.url(), DATABASE)
-        await asyncio.gather(
-            *(
-                provision_service_role(
-                    self.postgres.url(DATABASE), service=service, password=self.stored[f"{service}_db_password"]
-                )
-                for service in self.services
+        for service in self.services:  # one after another: concurrent GRANTs on the database collide
+            await provision_service_role(
+                self.postgres.url(DATABASE), service=service, password=self.stored[f"{service}_db_password"]
             )
-        )
         return {service: self.database_url(service) for service in self.services}
 
     def _print_urls(self, seconds: float) -> None:
