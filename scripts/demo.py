@@ -7,6 +7,8 @@ users service's own settings, never an endpoint.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import subprocess
@@ -115,6 +117,16 @@ class Demo:
             time.sleep(0.2)
         raise SystemExit(f"demo: {what} did not happen within {within}s")
 
+    def mails_to(self, address: str, *, at_least: int) -> list[tuple[Path, str]] | None:
+        """The ``.eml`` files addressed to ``address`` with their subjects, oldest first, once there are enough."""
+        found = []
+        for path in sorted(self.stack.mail_dir.glob("*.eml")):  # named by UUIDv7: sorted is oldest first
+            with path.open("rb") as file:
+                message = email.message_from_binary_file(file, policy=email.policy.default)
+            if address in str(message["To"]):
+                found.append((path, str(message["Subject"])))
+        return found if len(found) >= at_least else None
+
     def tell(self) -> None:
         """The story."""
         self.step("Two customers register (users publishes users.user.registered)")
@@ -155,8 +167,18 @@ class Demo:
         for event in self.live:
             print(f"  SSE  {event.get('kind', '?'):<16} {event.get('title', '')}")
         self.call(self.notify, "GET", "/notifications", token=alice, params={"limit": 3})
-        mails = self.wait_for("emails", lambda: sorted(self.stack.mail_dir.glob("*.eml")))
-        print(f"  {len(mails)} .eml files in {self.stack.mail_dir}; newest: {mails[-1].name}")
+        # Her order emails, as files, before anything else happens to her account: the email sweep
+        # runs every few seconds, and a deactivation before it would cancel them (nothing is sent to
+        # a deactivated account).
+        alice_email = f"alice.{self.run}@example.com"
+        mails = self.wait_for(
+            "Alice's welcome and order emails as .eml files",
+            lambda: self.mails_to(alice_email, at_least=1 + len(ORDER_STEPS)),
+            within=30.0,
+        )
+        print(f"  Alice's emails, as files in {self.stack.mail_dir.resolve()}:")
+        for path, subject in mails:
+            print(f"  EML  {path.name}  {subject}")
 
         self.step("Bob tries to buy more teapots than there are: refused, nothing reserved")
         self.call(

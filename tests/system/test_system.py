@@ -135,6 +135,10 @@ async def test_demo_tells_the_whole_story(stack: RunningStack) -> None:
     assert "The story is told" in done.stdout
     assert "same order both times: True" in done.stdout
     assert "(user_deactivated)" in done.stdout
+    # Alice's order emails reached the mail folder before her account was deactivated.
+    emails = [line for line in done.stdout.splitlines() if line.strip().startswith("EML ")]
+    assert len(emails) == 5, done.stdout[-4000:]
+    assert sum("order" in line.lower() for line in emails) == 4, emails
 
 
 async def test_every_event_crosses_within_a_few_seconds(stack: RunningStack) -> None:
