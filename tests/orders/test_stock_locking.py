@@ -29,10 +29,10 @@ from orders.worker import worker_plan
 from shared.events.consumer import EventConsumer, HandlerOutcome
 from shared.events.contracts import UserDeactivated, decode_event, encode_event, new_envelope
 from shared.events.outbox import Outbox
-from shared.events.streams import CONSUMERS
+from shared.events.streams import CONSUMERS, DLQ_STREAM
 from shared.testing import eventually
 from tests.orders.conftest import Tokens, add_product, place
-from tests.orders.test_users_replica import remember
+from tests.orders.test_users_replica import publish, remember, run_worker_until, with_nats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from orders.settings import OrdersSettings
+    from shared.devstack.servers import NatsServer
 
 ROUNDS = 4
 PLACERS = 10
@@ -213,6 +214,57 @@ async def test_deactivation_racing_placements_cancels_every_open_order_without_a
         assert set((await statuses_of(engine, victims)).values()) == {("cancelled", "user_deactivated")}
         assert_conserved(await conserved(engine, race))
     assert transaction_retries() == retries, "a deadlock happened (and was retried): the lock order is broken"
+
+
+async def test_deactivations_through_the_worker_racing_placements_are_never_retried_or_dead_lettered(
+    client: httpx.AsyncClient,
+    tokens: Tokens,
+    orders_settings: OrdersSettings,
+    engine: AsyncEngine,
+    nats_server: NatsServer,
+    jetstream: JetStreamContext,
+) -> None:
+    # The issue's own shape, end to end: users.user.deactivated over NATS to the real worker while
+    # clients place orders; before the fix some of these events failed five times and were dead-lettered.
+    race = await Race.open(client, tokens)
+    consumer = "orders-users-replica"
+    failures_before = consumer_samples(consumer)
+    victims: dict[uuid.UUID, list[str]] = {}
+    for _ in range(ROUNDS):
+        user_id = uuid.uuid4()
+        customer = tokens.customer(user_id)
+        victims[user_id] = [await race.order(customer, [product]) for product in [race.high, race.low] * 3]
+
+    async def all_cancelled() -> bool:
+        async with engine.connect() as connection:
+            still_open = await connection.scalar(
+                select(func.count()).select_from(Order).where(Order.user_id.in_(list(victims)), Order.status.in_(OPEN))
+            )
+        info = await jetstream.consumer_info("USERS", consumer)
+        return still_open == 0 and info.num_pending == 0 and info.num_ack_pending == 0
+
+    async def deactivate_through_the_worker() -> None:
+        for user_id in victims:
+            await publish(jetstream, UserDeactivated(user_id=user_id), sequence=2)
+        await run_worker_until(with_nats(orders_settings, nats_server), all_cancelled)
+
+    statuses = await race.during_placements(deactivate_through_the_worker)
+
+    no_server_errors(statuses, {201})
+    assert consumer_samples(consumer) == failures_before, "the handler failed and was retried or dead-lettered"
+    assert (await jetstream.stream_info(DLQ_STREAM)).state.messages == 0
+    for orders in victims.values():
+        assert set((await statuses_of(engine, orders)).values()) == {("cancelled", "user_deactivated")}
+    assert_conserved(await conserved(engine, race))
+
+
+def consumer_samples(consumer: str) -> tuple[float, float]:
+    """(retried, dead-lettered) attempts of a consumer so far in this process."""
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(f"relay_consumer_{name}_total", {"consumer": consumer}) or 0.0
+
+    return sample("retried"), sample("dead_lettered")
 
 
 async def test_unpaid_sweep_racing_placements_cancels_every_stale_order_without_a_deadlock(
