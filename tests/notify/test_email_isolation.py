@@ -298,3 +298,26 @@ async def test_one_pass_goes_on_while_batches_come_back_full(
     assert await sender_for(settings).run_once(sessions) == 30
     assert len(mail_server.messages) == 30
     assert len({envelope[1][0] for envelope in mail_server.envelopes}) == 30
+
+
+async def test_the_worker_starts_the_next_pass_at_once_while_passes_find_work(
+    notify_settings: NotifySettings,
+    pipeline: NotificationPipeline,
+    sessions: async_sessionmaker[AsyncSession],
+    mail_server: MailServer,
+    jetstream: object,
+) -> None:
+    # One batch per pass and an hour between idle passes: only draining sends all 20 in this test's life.
+    settings = msgspec.structs.replace(
+        notify_settings, email_batch_size=5, email_pass_seconds=0.0, email_sweep_seconds=3600.0
+    )
+    for index in range(20):
+        await queue_welcome(pipeline, sessions, address=f"drain{index}@example.com")
+
+    async with RunningWorker(settings):
+
+        async def all_sent() -> bool:
+            return len(mail_server.messages) == 20
+
+        await eventually(all_sent, what="four full batches, one pass after the other")
+    assert len({envelope[1][0] for envelope in mail_server.envelopes}) == 20
