@@ -41,6 +41,7 @@ bench *args:
     python bench/events_pipeline.py {{args}}
     python bench/order_reads.py
     python bench/email.py
+    python bench/input_boundary.py
 
 # format and fix what ruff can
 fmt:
