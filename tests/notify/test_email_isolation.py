@@ -16,14 +16,14 @@ from sqlalchemy import func, insert, select, update
 from uuid_utils.compat import uuid7
 
 from notify.events import users_replica_handlers
-from notify.mail import OutgoingEmail, build_message, transport_from_url
+from notify.mail import OutgoingEmail, SendFailure, build_message, transport_from_url
 from notify.models import DeliveryStatus, EmailDelivery
 from notify.service import ContactReplica, EmailSender
 from shared.testing import eventually
 from tests.notify.conftest import MailServer, Publisher, RunningWorker, apply_directly, registered
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -321,3 +321,31 @@ async def test_the_worker_starts_the_next_pass_at_once_while_passes_find_work(
 
         await eventually(all_sent, what="four full batches, one pass after the other")
     assert len({envelope[1][0] for envelope in mail_server.envelopes}) == 20
+
+
+class BrokenTransport:
+    """A transport that breaks its promise to answer per email."""
+
+    async def send(self, emails: Sequence[OutgoingEmail]) -> list[SendFailure | None]:
+        raise RuntimeError("the transport itself broke")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_transport_that_raises_leaves_its_batch_recorded_for_a_retry_not_leased(
+    notify_settings: NotifySettings,
+    pipeline: NotificationPipeline,
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+) -> None:
+    users = [await queue_welcome(pipeline, sessions, address=f"user{index}@example.com") for index in range(3)]
+
+    assert await EmailSender(transport=BrokenTransport(), settings=notify_settings).run_once(sessions) == 3
+
+    for user_id in users:
+        delivery = await delivery_of(engine, user_id)
+        assert (delivery.status, delivery.attempts) == (DeliveryStatus.QUEUED, 1)
+        assert delivery.last_error == "transport failed: RuntimeError: the transport itself broke"
+        lease_left = delivery.next_attempt_at - delivery.created_at
+        assert lease_left.total_seconds() < notify_settings.email_lease_seconds  # the backoff, not the lease

@@ -17,7 +17,7 @@ from sqlalchemy import Float, and_, bindparam, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from uuid_utils.compat import uuid7
 
-from notify.mail import OutgoingEmail
+from notify.mail import OutgoingEmail, SendFailure
 from notify.models import SCHEMA, Base, Contact, DeliveryStatus, EmailDelivery, Notification, Preference
 from notify.schemas import (
     KINDS,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy import CursorResult
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-    from notify.mail import EmailTransport, SendFailure
+    from notify.mail import EmailTransport
     from notify.schemas import NotificationKind
     from notify.settings import NotifySettings
     from notify.templates import NotificationTemplates, Rendered
@@ -129,10 +129,23 @@ class ContactReplica:
         self.session = session
 
     async def apply(
-        self, user_id: uuid.UUID, *, sequence: int, email: str | None = None, name: str | None = None, active: bool
+        self,
+        user_id: uuid.UUID,
+        *,
+        sequence: int,
+        email: str | None = None,
+        name: str | None = None,
+        active: bool,
+        tokens_valid_after: datetime.datetime | None = None,
     ) -> bool:
-        """Apply one state of the user unless a newer one is already held; returns whether it was applied."""
+        """Apply one state of the user unless a newer one is already held; returns whether it was applied.
+
+        ``tokens_valid_after`` (when the event carries it) makes the API refuse older access tokens
+        and end the live streams opened with them.
+        """
         values: dict[str, Any] = {"is_active": active}
+        if tokens_valid_after is not None:
+            values["tokens_valid_after"] = tokens_valid_after
         if email is not None:
             values["email"] = email
         if name is not None:
@@ -431,7 +444,14 @@ class EmailSender:
             while True:
                 outgoing, cancelled, claimed = await self._claim_due(sessions)
                 if outgoing:
-                    failures = await self.transport.send(outgoing)
+                    try:
+                        failures = await self.transport.send(outgoing)
+                    except Exception as error:  # noqa: BLE001 - a transport must answer per email; if one
+                        # breaks that promise, its batch is still recorded (retried), never left leased
+                        failure = SendFailure(
+                            error=f"transport failed: {type(error).__name__}: {error}", permanent=False
+                        )
+                        failures = [failure] * len(outgoing)
                     await self._record(sessions, outgoing, failures)
                 done += len(outgoing) + cancelled
                 if claimed < self.settings.email_batch_size or time.monotonic() >= deadline:
