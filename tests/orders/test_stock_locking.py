@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import case, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from orders.events import users_replica_handlers
 from orders.models import EVENT_TABLES, Order, OrderLine, Product
+from orders.stock import lock_stock
 from orders.transactions import RETRIED_SQLSTATES
 from orders.worker import worker_plan
 from shared.events.consumer import EventConsumer, HandlerOutcome
@@ -354,24 +356,68 @@ async def test_placement_that_loses_a_deadlock_is_run_again_instead_of_a_500(
     race = await Race.open(client, tokens)
     retries = transaction_retries()
 
-    async def placement_waiting_for_a_lock() -> bool:
-        async with engine.connect() as connection:
-            waiting = await connection.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-        return bool(waiting)
-
     async with engine.connect() as outsider:
         lock = select(Product.id).with_for_update()
         await outsider.execute(lock.where(Product.id == uuid.UUID(race.high)))
         placing = asyncio.create_task(place(client, tokens.customer(), [(race.low, 1), (race.high, 1)]))
-        await eventually(placement_waiting_for_a_lock, within=30, what="the placement waiting for H")
+        await eventually(lambda: someone_waits_for_a_lock(engine), within=30, what="the placement waiting for H")
         await outsider.execute(lock.where(Product.id == uuid.UUID(race.low)))  # returns once the victim is gone
         await outsider.commit()
     response = await placing
     assert response.status_code == 201, response.text
     assert transaction_retries() == retries + 1
+    assert_conserved(await conserved(engine, race))
+
+
+async def someone_waits_for_a_lock(engine: AsyncEngine) -> bool:
+    async with engine.connect() as connection:
+        waiting = await connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
+
+
+async def test_lock_stock_takes_the_lower_id_first_whatever_order_it_is_given(
+    client: httpx.AsyncClient, tokens: Tokens, engine: AsyncEngine
+) -> None:
+    race = await Race.open(client, tokens)
+    low, high = uuid.UUID(race.low), uuid.UUID(race.high)
+    lock = select(Product.id).with_for_update()
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with engine.connect() as outsider:
+        await outsider.execute(lock.where(Product.id == high))
+
+        async def lock_both() -> list[uuid.UUID]:
+            async with sessions() as session, session.begin():
+                return [row.id for row in (await lock_stock(session, [high, low])).rows]
+
+        locking = asyncio.create_task(lock_both())
+        await eventually(lambda: someone_waits_for_a_lock(engine), within=30, what="lock_stock waiting for H")
+        # It waits for H while it already holds L: L was taken first.
+        async with engine.connect() as probe:
+            with pytest.raises(DBAPIError, match="could not obtain lock"):
+                await probe.execute(select(Product.id).where(Product.id == low).with_for_update(nowait=True))
+        await outsider.commit()
+    assert await locking == [low, high]
+
+
+async def test_stock_changes_only_under_its_lock_and_products_are_locked_once_per_transaction(
+    client: httpx.AsyncClient, tokens: Tokens, engine: AsyncEngine
+) -> None:
+    race = await Race.open(client, tokens)
+    low, high = uuid.UUID(race.low), uuid.UUID(race.high)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessions() as session:
+        async with session.begin():
+            locked = await lock_stock(session, [high])
+            with pytest.raises(ValueError, match="without its lock"):
+                await locked.change({low: 1})
+            with pytest.raises(RuntimeError, match="out of id order"):
+                await lock_stock(session, [low])  # a second call reaching back below what is held
+            await locked.change({high: 1})
+            race.restock(race.high, 1)
+        async with session.begin():  # a new transaction starts afresh
+            await lock_stock(session, [low])
     assert_conserved(await conserved(engine, race))

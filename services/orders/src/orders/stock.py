@@ -80,6 +80,8 @@ _CHANGE = (
     .where(PRODUCTS.c.id == _DELTAS.c.product_id)
     .returning(*PRODUCT_COLUMNS)
 )
+_HIGHEST_LOCKED = "orders.stock.highest_locked"
+"""``session.info`` key: (the transaction, the highest product id it locked)."""
 _LINES_PER_PRODUCT = (
     select(LINES.c.product_id, func.sum(LINES.c.quantity).label("quantity"))
     .where(LINES.c.order_id == any_(bindparam("order_ids", type_=ARRAY(LINES.c.order_id.type))))
@@ -122,9 +124,19 @@ async def lock_stock(session: AsyncSession, product_ids: Collection[uuid.UUID]) 
 
     Call it once per transaction, with every product the transaction will change, after any order
     rows it locks. Unknown ids are simply absent from ``rows``.
+
+    Raises:
+        RuntimeError: This transaction already locked a product with an id as high or higher: a
+            second call would take product rows out of id order (a programming error).
     """
     ids = sorted(set(product_ids))
-    rows = (await session.execute(_LOCK, {"ids": ids})).all() if ids else []
+    if not ids:
+        return LockedStock(session, [])
+    held = session.info.get(_HIGHEST_LOCKED)
+    if held is not None and held[0] is session.sync_session.get_transaction() and ids[0] <= held[1]:
+        raise RuntimeError("products locked out of id order: lock all of a transaction's products in one call")
+    rows = (await session.execute(_LOCK, {"ids": ids})).all()
+    session.info[_HIGHEST_LOCKED] = (session.sync_session.get_transaction(), ids[-1])
     return LockedStock(session, rows)
 
 
