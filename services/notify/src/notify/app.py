@@ -8,13 +8,14 @@ from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from notify.live import LiveHub, NotificationFeed
-from notify.models import Base
+from notify.models import Base, Contact
 from notify.routes import NotificationController, UnsubscribeController
 from notify.service import NotificationService
 from notify.settings import NotifySettings, load_notify_settings
 from notify.tokens import UnsubscribeLinks
 from shared.app import ServiceApp, create_service_app
 from shared.db import ServiceDatabase
+from shared.revocations import TokenRevocations
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -28,7 +29,11 @@ def create_app(settings: NotifySettings | None = None, *, null_pool: bool = Fals
     """Build the notify app (granian calls this with no arguments: settings come from ``NOTIFY_*``)."""
     settings = settings or load_notify_settings()
     links = UnsubscribeLinks(settings.unsubscribe_secret, settings.public_base_url)
-    hub = LiveHub(queue_size=settings.stream_queue_size)
+    hub = LiveHub(queue_size=settings.stream_queue_size, max_per_user=settings.stream_max_per_user)
+    # Tokens issued before the replica's tokens_valid_after are refused, and their streams ended.
+    revocations = TokenRevocations(
+        Contact.user_id, Contact.tokens_valid_after, poll_seconds=settings.token_revocation_poll_seconds
+    )
 
     def provide_notifications(db_session: NamedDependency[AsyncSession]) -> NotificationService:
         return NotificationService(session=db_session, links=links)
@@ -39,6 +44,7 @@ def create_app(settings: NotifySettings | None = None, *, null_pool: bool = Fals
             engine=db_engine,
             heartbeat_seconds=settings.stream_heartbeat_seconds,
             replay_page=settings.stream_replay_page,
+            revocations=revocations,
         )
 
     async def start_live_push(app: Litestar) -> None:
@@ -59,5 +65,6 @@ def create_app(settings: NotifySettings | None = None, *, null_pool: bool = Fals
             on_startup=[start_live_push],
             on_shutdown=[hub.close],
             null_pool=null_pool,
+            token_revocations=revocations,
         )
     )

@@ -85,6 +85,7 @@ def users_replica_handlers(pipeline: NotificationPipeline) -> EventHandlers:
             email=event.email,
             name=event.display_name,
             active=True,
+            tokens_valid_after=event.tokens_valid_after,
         )
         await pipeline.notify(context, event.user_id, "welcome", {})
 
@@ -97,12 +98,18 @@ def users_replica_handlers(pipeline: NotificationPipeline) -> EventHandlers:
             email=event.email,
             name=event.display_name,
             active=event.is_active,
+            tokens_valid_after=event.tokens_valid_after,
         )
 
     @handlers.on(UserDeactivated)
     async def keep_deactivation(event: UserDeactivated, context: EventContext) -> None:
         """A deactivated account gets nothing more, in the app or by email."""
-        await ContactReplica(context.session).apply(event.user_id, sequence=context.envelope.sequence, active=False)
+        await ContactReplica(context.session).apply(
+            event.user_id,
+            sequence=context.envelope.sequence,
+            active=False,
+            tokens_valid_after=event.tokens_valid_after,
+        )
 
     return handlers
 

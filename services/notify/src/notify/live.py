@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,6 +25,7 @@ from litestar.response import ServerSentEventMessage
 
 from notify.schemas import NotificationOut
 from notify.service import notifications_after
+from shared.errors import TooManyRequests
 from shared.events.connection import connect_nats
 from shared.events.permissions import inbox_prefix
 from shared.events.streams import LIVE_NOTIFICATIONS
@@ -38,9 +40,15 @@ if TYPE_CHECKING:
     from nats.aio.subscription import Subscription
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from shared.auth import Principal
+    from shared.revocations import TokenRevocations
     from shared.settings import ServiceSettings
 
 __all__ = ("LiveConnection", "LiveHub", "LivePublisher", "NotificationFeed", "live_subject")
+
+SHUTTING_DOWN = "server shutting down; reconnect"
+ENDED_BY_EXPIRY = "access token expired; reconnect with a fresh token and Last-Event-ID"
+ENDED_BY_REVOCATION = "access token revoked; sign in again and reconnect with Last-Event-ID"
 
 log = structlog.get_logger("notify.live")
 
@@ -118,6 +126,8 @@ class LiveConnection:
         self.user_id = user_id
         self.capacity = capacity
         self.closed = False
+        self.reason: str | None = None
+        """Why the server closed it, told to the client in a last comment (None: no comment)."""
         self._queue: asyncio.Queue[NotificationOut | None] = asyncio.Queue()
 
     def offer(self, notification: NotificationOut) -> None:
@@ -130,10 +140,11 @@ class LiveConnection:
             return
         self._queue.put_nowait(notification)
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
         """End the stream (the queue is unbounded underneath, so the end marker always fits)."""
         if not self.closed:
             self.closed = True
+            self.reason = reason
             self._queue.put_nowait(None)
 
     async def next(self, wait_seconds: float) -> NotificationOut | None:
@@ -149,10 +160,12 @@ class LiveHub:
 
     Args:
         queue_size: Notifications buffered per stream before a slow client is disconnected.
+        max_per_user: Streams one user may hold open in this process at once (0: no limit).
     """
 
-    def __init__(self, *, queue_size: int) -> None:
+    def __init__(self, *, queue_size: int, max_per_user: int = 0) -> None:
         self.queue_size = queue_size
+        self.max_per_user = max_per_user
         self.closing = False
         self._streams: dict[str, set[LiveConnection]] = {}
         self._subscription: Subscription | None = None
@@ -180,29 +193,46 @@ class LiveHub:
         self.closing = True
         for streams in self._streams.values():
             for stream in streams:
-                stream.close()
+                stream.close(SHUTTING_DOWN)
 
     def _on_shutdown_signal(self) -> None:
         # Runs in a signal handler: only schedule the work on the loop.
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.close_streams)
 
+    def open(self, user_id: uuid.UUID) -> LiveConnection:
+        """Register a stream of ``user_id``; the caller must ``release`` it.
+
+        Raises:
+            TooManyRequests: The user already holds ``max_per_user`` streams in this process.
+        """
+        key = str(user_id)
+        streams = self._streams.get(key, set())
+        if self.max_per_user and len(streams) >= self.max_per_user:
+            raise TooManyRequests(f"At most {self.max_per_user} live streams per user; close one first.", retry_after=5)
+        stream = LiveConnection(user_id, self.queue_size)
+        self._streams.setdefault(key, streams).add(stream)
+        if self.closing:
+            stream.close(SHUTTING_DOWN)
+        return stream
+
+    def release(self, stream: LiveConnection) -> None:
+        """Forget a stream (idempotent): its place counts no more against its user's limit."""
+        key = str(stream.user_id)
+        streams = self._streams.get(key)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._streams[key]
+
     @contextlib.contextmanager
     def connect(self, user_id: uuid.UUID) -> Iterator[LiveConnection]:
-        """Register a stream of ``user_id`` for as long as the block runs."""
-        stream = LiveConnection(user_id, self.queue_size)
-        key = str(user_id)
-        self._streams.setdefault(key, set()).add(stream)
-        if self.closing:
-            stream.close()
+        """Register a stream of ``user_id`` for as long as the block runs (``open`` and ``release``)."""
+        stream = self.open(user_id)
         try:
             yield stream
         finally:
-            streams = self._streams.get(key)
-            if streams is not None:
-                streams.discard(stream)
-                if not streams:
-                    del self._streams[key]
+            self.release(stream)
 
     def deliver(self, user_id: str, notification: NotificationOut) -> None:
         """Hand ``notification`` to every stream of the user this process holds."""
@@ -229,43 +259,99 @@ class LiveHub:
 class NotificationFeed:
     """One client's stream: what it missed since ``Last-Event-ID``, then live notifications and heartbeats.
 
+    A stream lives no longer than the token it was opened with: it ends at the token's ``exp``, and
+    as soon as this process learns that the token was revoked (``tokens_valid_after``). The client
+    then reconnects with a fresh token and ``Last-Event-ID``, and the catch-up sends what it missed.
+
     Args:
         hub: This process's live hub.
         engine: The database, for the catch-up query (a connection is held only during that query).
         heartbeat_seconds: The longest silence before a comment line.
         replay_page: Rows per catch-up query.
+        revocations: This process's view of revoked tokens, to end their streams.
     """
 
-    def __init__(self, *, hub: LiveHub, engine: AsyncEngine, heartbeat_seconds: float, replay_page: int) -> None:
+    def __init__(
+        self,
+        *,
+        hub: LiveHub,
+        engine: AsyncEngine,
+        heartbeat_seconds: float,
+        replay_page: int,
+        revocations: TokenRevocations | None = None,
+    ) -> None:
         self.hub = hub
         self.engine = engine
         self.heartbeat_seconds = heartbeat_seconds
         self.replay_page = replay_page
+        self.revocations = revocations
 
-    async def events(self, user_id: uuid.UUID, *, after: uuid.UUID | None) -> AsyncIterator[ServerSentEventMessage]:
-        """The stream's events, until the client leaves or the application shuts down."""
+    def open(self, user: Principal, *, after: uuid.UUID | None) -> AsyncIterator[ServerSentEventMessage]:
+        """Take a place for a stream of ``user`` now, and return its events.
+
+        The place is taken before the response starts, so a user over the limit gets a 429 problem
+        document rather than a stream; it is given back when the events end, or when they are
+        dropped unstarted (a client gone before the first byte).
+
+        Raises:
+            TooManyRequests: The user holds too many streams in this process.
+        """
+        connection = self.hub.open(user.id)
+        events = self._events(connection, user, after=after)
+        weakref.finalize(events, self.hub.release, connection)
+        return events
+
+    async def _events(
+        self, connection: LiveConnection, user: Principal, *, after: uuid.UUID | None
+    ) -> AsyncIterator[ServerSentEventMessage]:
+        unwatch = None
+        try:
+            if self.revocations is not None:
+
+                def on_revoked(valid_after_us: int) -> None:
+                    if user.issued_at_us < valid_after_us:
+                        connection.close(ENDED_BY_REVOCATION)
+
+                unwatch = self.revocations.watch(user.id, on_revoked)
+                if self.revocations.is_revoked(user):  # revoked between the check at the door and now
+                    connection.close(ENDED_BY_REVOCATION)
+            async for message in self._follow(connection, after=after, expires_at=user.expires_at):
+                yield message
+        finally:
+            if unwatch is not None:
+                unwatch()
+            self.hub.release(connection)
+
+    async def _follow(
+        self, connection: LiveConnection, *, after: uuid.UUID | None, expires_at: int
+    ) -> AsyncIterator[ServerSentEventMessage]:
         # Listening starts before the catch-up query, so nothing committed in between is lost;
         # what arrives both ways is sent once.
-        with self.hub.connect(user_id) as connection:
-            yield ServerSentEventMessage(comment="connected", retry=2000, data=None)
-            replayed: set[uuid.UUID] = set()
-            cursor = after
-            while cursor is not None:
-                page = await self._missed(user_id, cursor)
-                for notification in page:
-                    replayed.add(notification.id)
-                    yield _event(notification)
-                cursor = page[-1].id if len(page) == self.replay_page else None
-            while True:
-                live = await connection.next(self.heartbeat_seconds)
-                if connection.closed:
-                    if self.hub.closing:
-                        yield ServerSentEventMessage(comment="server shutting down; reconnect", data=None)
-                    return
-                if live is None:
-                    yield ServerSentEventMessage(comment="heartbeat", data=None)
-                elif live.id not in replayed:
-                    yield _event(live)
+        yield ServerSentEventMessage(comment="connected", retry=2000, data=None)
+        replayed: set[uuid.UUID] = set()
+        cursor = after
+        while cursor is not None:
+            page = await self._missed(connection.user_id, cursor)
+            for notification in page:
+                replayed.add(notification.id)
+                yield _event(notification)
+            cursor = page[-1].id if len(page) == self.replay_page else None
+        while True:
+            left = expires_at - time.time()
+            if left <= 0:
+                yield ServerSentEventMessage(comment=ENDED_BY_EXPIRY, data=None)
+                return
+            live = await connection.next(min(self.heartbeat_seconds, left))
+            if connection.closed:
+                if connection.reason is not None:
+                    yield ServerSentEventMessage(comment=connection.reason, data=None)
+                return
+            if live is None:
+                if time.time() >= expires_at:
+                    continue  # the token's end, not a silence: said at the top of the loop
+                yield ServerSentEventMessage(comment="heartbeat", data=None)
+            elif live.id not in replayed:
+                yield _event(live)
 
     async def _missed(self, user_id: uuid.UUID, after: uuid.UUID) -> list[NotificationOut]:
         async with self.engine.connect() as connection:

@@ -15,7 +15,7 @@ from notify.live import NotificationFeed
 from notify.schemas import NotificationOut, NotificationPage, Preferences, ReadAllOut, UnsubscribeOut
 from notify.service import NotificationService
 from shared.auth import CurrentUser, signed_in
-from shared.errors import Forbidden
+from shared.errors import Forbidden, TooManyRequests
 from shared.pagination import PageRequest
 
 __all__ = ("NotificationController", "UnsubscribeController")
@@ -53,7 +53,7 @@ class NotificationController(Controller):
         """Mark all your notifications read."""
         return await notifications.mark_all_read(user.id)
 
-    @get("/stream", operation_id="streamNotifications")
+    @get("/stream", operation_id="streamNotifications", domain_errors=(TooManyRequests,))
     async def stream(
         self,
         user: CurrentUser,
@@ -67,9 +67,11 @@ class NotificationController(Controller):
 
         Reconnecting with ``Last-Event-ID`` first sends what was missed. A comment line comes at least
         every heartbeat interval. The token goes in the ``Authorization`` header (use a fetch-based
-        EventSource in browsers): a token in the URL would end up in logs.
+        EventSource in browsers): a token in the URL would end up in logs. The stream ends when the token
+        expires or is revoked: reconnect with a fresh token and ``Last-Event-ID``. Each user may hold a
+        few streams per server process (``NOTIFY_STREAM_MAX_PER_USER``); beyond that the answer is 429.
         """
-        return ServerSentEvent(feed.events(user.id, after=last_event_id))
+        return ServerSentEvent(feed.open(user, after=last_event_id))
 
     @get("/preferences", operation_id="getPreferences")
     async def show_preferences(self, user: CurrentUser, notifications: Notifications) -> Preferences:

@@ -42,6 +42,8 @@ class NotifySettings(ServiceSettings, kw_only=True, frozen=True):
     """A claimed email is tried again after this long if its worker died while sending it."""
     stream_heartbeat_seconds: float = 15.0
     """How often an idle Server-Sent Events stream gets a comment line, so proxies keep it open."""
+    stream_max_per_user: int = 5
+    """Live streams one user may hold open in one API process at once; one more is answered 429."""
     stream_queue_size: int = 100
     """Notifications buffered per stream; a client that falls further behind is disconnected and resumes."""
     stream_replay_page: int = 100

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from orders.models import EVENT_TABLES, Base
+from orders.models import EVENT_TABLES, Base, KnownUser
 from orders.routes import OrderController, ProductController
 from orders.service import CatalogService, OrderService
 from orders.settings import OrdersSettings, load_orders_settings
 from shared.app import ServiceApp, create_service_app
 from shared.db import ServiceDatabase
 from shared.events.outbox import Outbox
+from shared.revocations import TokenRevocations
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -42,6 +43,10 @@ def create_app(settings: OrdersSettings | None = None) -> Litestar:
             settings=settings,
             database=DATABASE,
             route_handlers=[ProductController, OrderController],
+            # Access tokens issued before the replica's tokens_valid_after are refused (401).
+            token_revocations=TokenRevocations(
+                KnownUser.user_id, KnownUser.tokens_valid_after, poll_seconds=settings.token_revocation_poll_seconds
+            ),
             dependencies={
                 "catalog": Provide(provide_catalog, sync_to_thread=False),
                 "orders": Provide(provide_orders, sync_to_thread=False),

@@ -29,21 +29,35 @@ def users_replica_handlers(settings: OrdersSettings) -> EventHandlers:
     async def remember_registration(event: UserRegistered, context: EventContext) -> None:
         """A new user can order."""
         await orders(context).remember_user(
-            event.user_id, email=event.email, is_active=True, sequence=context.envelope.sequence
+            event.user_id,
+            email=event.email,
+            is_active=True,
+            sequence=context.envelope.sequence,
+            tokens_valid_after=event.tokens_valid_after,
         )
 
     @handlers.on(UserUpdated)
     async def remember_update(event: UserUpdated, context: EventContext) -> None:
-        """A changed email, or a reactivation, reaches the replica."""
+        """A changed email, a reactivation, or revoked access tokens reach the replica."""
         await orders(context).remember_user(
-            event.user_id, email=event.email, is_active=event.is_active, sequence=context.envelope.sequence
+            event.user_id,
+            email=event.email,
+            is_active=event.is_active,
+            sequence=context.envelope.sequence,
+            tokens_valid_after=event.tokens_valid_after,
         )
 
     @handlers.on(UserDeactivated)
     async def cancel_open_orders(event: UserDeactivated, context: EventContext) -> None:
         """A deactivated user's open orders are cancelled and their stock returned."""
         service = orders(context)
-        if await service.remember_user(event.user_id, email=None, is_active=False, sequence=context.envelope.sequence):
+        if await service.remember_user(
+            event.user_id,
+            email=None,
+            is_active=False,
+            sequence=context.envelope.sequence,
+            tokens_valid_after=event.tokens_valid_after,
+        ):
             await service.cancel_open_orders(event.user_id, reason="user_deactivated")
 
     return handlers
