@@ -4,18 +4,19 @@ An operator reads a failure on one line and gets a non-zero exit status: 2 when 
 wrong (a variable missing, of the wrong type, a secret file unreadable), 1 when something the
 command needs is unreachable (the database, NATS) or refused the work. ``--traceback`` shows the
 whole story when a developer needs it.
+
+Every command reads and checks its settings first, before it imports the web framework, the ORM
+or the service's domain: a wrong setting is reported in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from shared.db import database_failure_reason, is_database_unavailable
-from shared.events.connection import NatsConfigurationError, NatsUnavailableError
-from shared.settings import SettingsError
+from shared.settings import SettingsError, variable_name
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -25,7 +26,16 @@ if TYPE_CHECKING:
     from shared.settings import ServiceSettings
     from shared.worker import Worker, WorkerPlan
 
-__all__ = ("CommandFailedError", "ServiceGroup", "events_commands", "service_cli")
+__all__ = (
+    "CommandFailedError",
+    "ServiceGroup",
+    "events_commands",
+    "explain_failure",
+    "require_nats",
+    "service_cli",
+)
+
+T = TypeVar("T")
 
 CONFIGURATION_EXIT_CODE = 2
 """The settings are wrong: the same status click gives a usage error."""
@@ -60,23 +70,35 @@ class ServiceGroup(click.Group):
         except Exception as error:
             if ctx.params.get("traceback"):
                 raise
-            raise CommandFailedError(str(self.name), *_explain(error)) from error
+            raise CommandFailedError(str(self.name), *explain_failure(error, str(self.name))) from error
 
 
-def _explain(error: BaseException) -> tuple[str, int]:
-    """What to tell the operator about ``error``, and the exit status."""
-    if isinstance(error, SettingsError):
-        return str(error), CONFIGURATION_EXIT_CODE
+def explain_failure(error: BaseException, service: str) -> tuple[str, int]:
+    """What to tell the operator about ``error`` on one line, and the exit status.
+
+    Args:
+        error: What escaped the command.
+        service: The service's name: a ``ValueError`` that names one of its variables
+            (``NOTIFY_UNSUBSCRIBE_SECRET needs ...``) is a settings error too.
+    """
+    if isinstance(error, SettingsError) or (
+        isinstance(error, ValueError) and str(error).startswith(f"{service.upper()}_")
+    ):
+        return _first_line(error), CONFIGURATION_EXIT_CODE
+    from shared.db import database_failure_reason, is_database_unavailable
+    from shared.events.connection import NatsConfigurationError, NatsUnavailableError
+
     if isinstance(error, NatsConfigurationError):
-        return f"NATS settings: {error}", CONFIGURATION_EXIT_CODE
+        return f"{variable_name(service, 'nats_url')}: {error}", CONFIGURATION_EXIT_CODE
     if isinstance(error, NatsUnavailableError):
-        return str(error), 1
-    if is_database_unavailable(error):
-        return f"cannot reach the database: {database_failure_reason(error)}", 1
-    if _is_database_error(error):
-        return f"database error: {database_failure_reason(error)}", 1
-    first_line = _first_line(error)
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__, 1
+        message = str(error)
+    elif is_database_unavailable(error):
+        message = f"cannot reach the database: {database_failure_reason(error)}"
+    elif _is_database_error(error):
+        message = f"database error: {database_failure_reason(error)}"
+    else:
+        message = f"{type(error).__name__}: {_first_line(error)}".rstrip(": ")
+    return message, 1
 
 
 def _first_line(error: BaseException) -> str:
@@ -90,22 +112,44 @@ def _is_database_error(error: BaseException) -> bool:
     return isinstance(error, sqlalchemy.exc.SQLAlchemyError | asyncpg.exceptions.PostgresError)
 
 
+def require_nats(settings: ServiceSettings, service: str) -> None:
+    """Refuse at once, naming the variable, when a command that needs NATS has no NATS URL.
+
+    Raises:
+        SettingsError: ``<SERVICE>_NATS_URL`` is empty.
+    """
+    if not settings.nats_url.strip():
+        raise SettingsError(f"{variable_name(service, 'nats_url')} is not set: this command needs NATS")
+
+
+def _resolve(target: str | T) -> T:
+    """An object, or the object an import path like ``orders.app:DATABASE`` names (imported now)."""
+    if not isinstance(target, str):
+        return target
+    from importlib import import_module
+
+    module, _, attribute = target.partition(":")
+    resolved: T = getattr(import_module(module), attribute)
+    return resolved
+
+
 def service_cli(
     name: str,
     *,
     app_factory: str,
-    database: ServiceDatabase,
+    database: ServiceDatabase | str,
     load_settings: Callable[[], ServiceSettings],
-    worker_plan: Callable[[], WorkerPlan],
+    worker_plan: Callable[[], WorkerPlan] | str,
 ) -> click.Group:
     """A click group named after the service with the shared commands already on it.
 
     Args:
         name: The service's name (the command's name).
         app_factory: The import path of the app factory, like ``users.app:create_app``.
-        database: The service's schema and migrations.
+        database: The service's schema and migrations, or its import path (``users.app:DATABASE``):
+            a path is imported only by the commands that need it, after the settings were checked.
         load_settings: Reads the service's settings from the environment.
-        worker_plan: What the service's worker runs (relay, consumers, sweeps).
+        worker_plan: What the service's worker runs (relay, consumers, sweeps), or its import path.
     """
 
     @click.group(name=name, cls=ServiceGroup, help=f"The {name} service.")
@@ -118,13 +162,13 @@ def service_cli(
     @click.option("--kill-timeout", type=int, default=20, show_default=True, help="Seconds a worker may take to stop.")
     def api(workers: int | None, kill_timeout: int) -> None:
         """Serve the HTTP API with granian."""
+        settings = load_settings()
         from granian import Granian
         from granian.constants import Interfaces
 
-        settings = load_settings()
         # Build the app once here, so a setting only the app reads (a key, a URL) fails now, on
         # one line, instead of in every granian worker with a traceback.
-        _build_app(app_factory)
+        _resolve(app_factory)()
         Granian(
             target=app_factory,
             factory=True,
@@ -139,29 +183,50 @@ def service_cli(
     @group.command()
     def worker() -> None:
         """Run the outbox relay, the event consumers and the sweeps until SIGTERM."""
+        require_nats(load_settings(), name)
         from shared.worker import run_worker_until_signalled
 
-        run_worker_until_signalled(worker_plan())
+        run_worker_until_signalled(_resolve(worker_plan)())
 
     @group.command()
     @click.option("--revision", default="head", show_default=True)
     def migrate(revision: str) -> None:
         """Bring the service's schema up to ``revision``."""
-        database.upgrade(load_settings().database_url, revision)
-        click.echo(f"{name}: schema {database.schema} at {revision}")
+        url = load_settings().database_url
+        schema = _resolve(database)
+        schema.upgrade(url, revision)
+        click.echo(f"{name}: schema {schema.schema} at {revision}")
 
     @group.command()
     @click.option("-m", "--message", required=True)
     def revision(message: str) -> None:
         """Write a new migration from the difference between models and the database."""
-        database.revision(load_settings().database_url, message)
+        url = load_settings().database_url
+        _resolve(database).revision(url, message)
 
-    group.add_command(events_commands(name, worker_plan))
+    group.add_command(events_commands(name, worker_plan, load_settings))
     return group
 
 
-def events_commands(name: str, worker_plan: Callable[[], WorkerPlan]) -> click.Group:
-    """``<service> events status|dead-letters|replay|discard``."""
+def events_commands(
+    name: str,
+    worker_plan: Callable[[], WorkerPlan] | str,
+    load_settings: Callable[[], ServiceSettings] | None = None,
+) -> click.Group:
+    """``<service> events status|dead-letters|replay|discard``.
+
+    Args:
+        name: The service's name.
+        worker_plan: What the service's worker runs, or its import path.
+        load_settings: Reads the settings, so they are checked before anything heavy is imported.
+    """
+
+    def plan(*, needs_nats: bool) -> WorkerPlan:
+        if load_settings is not None:
+            settings = load_settings()
+            if needs_nats:
+                require_nats(settings, name)
+        return _resolve(worker_plan)()
 
     @click.group()
     def events() -> None:
@@ -170,23 +235,26 @@ def events_commands(name: str, worker_plan: Callable[[], WorkerPlan]) -> click.G
     @events.command()
     def status() -> None:
         """Outbox backlog and the age of its oldest event."""
+        chosen = plan(needs_nats=False)
 
         async def show() -> None:
             from shared.events.outbox import outbox_status
             from shared.worker import Worker
 
-            worker = Worker(worker_plan())
+            worker = Worker(chosen)
             try:
                 current = await outbox_status(worker.engine, worker.plan.tables)
             finally:
                 await worker.engine.dispose()
             click.echo(f"outbox backlog: {current.backlog}, oldest: {current.oldest_age_seconds:.1f}s")
 
+        _quiet_logging()
         asyncio.run(show())
 
     @events.command("dead-letters")
     def dead_letters() -> None:
         """List this service's dead letters."""
+        chosen = plan(needs_nats=True)
 
         async def show(worker: Worker) -> None:
             letters = await _dead_letters(worker).list()
@@ -197,34 +265,35 @@ def events_commands(name: str, worker_plan: Callable[[], WorkerPlan]) -> click.G
                 )
             click.echo(f"{len(letters)} dead letter(s)")
 
-        _with_worker(worker_plan, show)
+        _with_worker(chosen, show)
 
     @events.command()
-    @click.argument("sequence", type=int, required=False)
+    @click.argument("sequence", type=click.IntRange(min=1), required=False)
     @click.option("--all", "every", is_flag=True, help="Replay every dead letter of this service.")
     def replay(sequence: int | None, every: bool) -> None:
         """Run dead letters through their consumer again (the inbox still prevents double effects)."""
+        if not every:
+            _required(sequence)
+        chosen = plan(needs_nats=True)
 
         async def run(worker: Worker) -> None:
             await _replay(name, worker, sequence, every=every)
 
-        _with_worker(worker_plan, run)
+        _with_worker(chosen, run)
 
     @events.command()
-    @click.argument("sequence", type=int, required=False)
+    @click.argument("sequence", type=click.IntRange(min=1), required=False)
     @click.option("--all", "every", is_flag=True, help="Discard every dead letter of this service.")
     def discard(sequence: int | None, every: bool) -> None:
         """Delete dead letters for good."""
+        if not every:
+            _required(sequence)
+        chosen = plan(needs_nats=True)
 
         async def run(worker: Worker) -> None:
-            letters = _dead_letters(worker)
-            chosen = [letter.sequence for letter in await letters.list()] if every else [_required(sequence)]
-            for number in chosen:
-                if not await letters.discard(number):
-                    raise CommandFailedError(name, f"no dead letter {number}")
-                click.echo(f"{number}: discarded")
+            await _discard(name, worker, sequence, every=every)
 
-        _with_worker(worker_plan, run)
+        _with_worker(chosen, run)
 
     return events
 
@@ -242,10 +311,13 @@ async def _replay(name: str, worker: Worker, sequence: int | None, *, every: boo
         try:
             outcome = await letters.replay(number, consumers[letter.consumer])
         except Exception as error:
+            from shared.db import is_database_unavailable
+            from shared.events.connection import NatsUnavailableError
+
             if is_database_unavailable(error) or isinstance(error, NatsUnavailableError):
                 raise
             # Undecodable, no handler, or the handler failed again: it stays a dead letter.
-            reason = _first_line(error) if isinstance(error, ValueError) else _explain(error)[0]
+            reason = _first_line(error) if isinstance(error, ValueError) else explain_failure(error, name)[0]
             if not every:
                 raise CommandFailedError(name, f"dead letter {number} not replayed: {reason}") from error
             click.echo(f"{number}: not replayed: {reason}")
@@ -256,11 +328,13 @@ async def _replay(name: str, worker: Worker, sequence: int | None, *, every: boo
         raise CommandFailedError(name, f"{failed} of {len(chosen)} dead letter(s) not replayed")
 
 
-def _build_app(app_factory: str) -> None:
-    from importlib import import_module
-
-    module, _, factory = app_factory.partition(":")
-    getattr(import_module(module), factory)()
+async def _discard(name: str, worker: Worker, sequence: int | None, *, every: bool) -> None:
+    letters = _dead_letters(worker)
+    numbers = [letter.sequence for letter in await letters.list()] if every else [_required(sequence)]
+    for number in numbers:
+        if not await letters.discard(number):
+            raise CommandFailedError(name, f"no dead letter {number}")
+        click.echo(f"{number}: discarded")
 
 
 def _required(sequence: int | None) -> int:
@@ -276,11 +350,21 @@ def _dead_letters(worker: Worker) -> DeadLetters:
     return DeadLetters(worker.nats.jetstream(), service=worker.plan.service)
 
 
-def _with_worker(plan: Callable[[], WorkerPlan], action: Callable[[Worker], Awaitable[None]]) -> None:
+def _quiet_logging() -> None:
+    # The events commands talk to a person: NATS' reconnect warnings would bury the one line
+    # that says what went wrong. Errors still go to stderr.
+    from shared.telemetry import configure_logging
+
+    configure_logging(level="ERROR", json=False)
+
+
+def _with_worker(plan: WorkerPlan, action: Callable[[Worker], Awaitable[None]]) -> None:
     from shared.worker import Worker
 
+    _quiet_logging()
+
     async def run() -> None:
-        worker = Worker(plan())
+        worker = Worker(plan)
         try:
             await worker.connect()
             await action(worker)

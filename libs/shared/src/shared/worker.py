@@ -63,10 +63,6 @@ class Sweep:
     """Start the next pass at once while passes change rows, pausing only when one changed none: for a
     queue that must empty at the speed of what it feeds (email), not one batch per interval. Keep each
     pass short: a stop request is seen between passes."""
-    drain: bool = False
-    """Start the next pass at once while passes change rows, pausing only when one changed none: for a
-    queue that must empty at the speed of what it feeds (email), not one batch per interval. Keep each
-    pass short: a stop request is seen between passes."""
 
 
 @dataclass(frozen=True)
@@ -204,8 +200,6 @@ class Worker:
                     log.info("sweep", sweep=sweep.name, changed=changed)
                 if sweep.drain and changed:
                     continue
-                if sweep.drain and changed:
-                    continue
             except Exception as error:  # noqa: BLE001 - a failed pass is retried at the next interval
                 log.warning("sweep failed", sweep=sweep.name, error=repr(error))
             await pause(stop, sweep.interval_seconds)
@@ -316,9 +310,13 @@ async def _unless_stopped(work: Awaitable[object], stop: asyncio.Event) -> bool:
     finally:
         stopped.cancel()
     if not task.done():
-        task.cancel()
+        # asyncio.wait_for (in nats-py and around it) can swallow a cancellation that lands just
+        # as its inner future completes (CPython bpo-42130): cancel until the task is really done.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+            task.result()
         return False
     task.result()  # its error, if any, is the caller's
     return True

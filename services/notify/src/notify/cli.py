@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from notify.app import DATABASE
 from notify.settings import load_notify_settings
-from notify.worker import worker_plan
 from shared.cli import service_cli
 
 __all__ = ("main",)
 
+# Import paths, not objects: a command checks its settings before the app and domain are imported.
 main = service_cli(
     "notify",
     app_factory="notify.app:create_app",
-    database=DATABASE,
+    database="notify.app:DATABASE",
     load_settings=load_notify_settings,
-    worker_plan=worker_plan,
+    worker_plan="notify.worker:worker_plan",
 )

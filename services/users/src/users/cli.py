@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy import pool
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from shared.cli import service_cli
-from shared.errors import DomainError
-from shared.events.outbox import Outbox
-from users.app import DATABASE, create_signer
-from users.models import EVENT_TABLES
-from users.service import PasswordHasher, UserService
-from users.settings import UsersSettings, load_users_settings
-from users.worker import worker_plan
+from users.settings import load_users_settings
+
+if TYPE_CHECKING:
+    from users.settings import UsersSettings
 
 __all__ = ("main",)
 
+# Import paths, not objects: a command checks its settings before the app and domain are imported.
 main = service_cli(
     "users",
     app_factory="users.app:create_app",
-    database=DATABASE,
+    database="users.app:DATABASE",
     load_settings=load_users_settings,
-    worker_plan=worker_plan,
+    worker_plan="users.worker:worker_plan",
 )
 
 
@@ -32,6 +29,14 @@ async def create_admin_account(
     settings: UsersSettings, *, email: str, password: str, display_name: str
 ) -> tuple[str, bool]:
     """Create an administrator or promote an existing account; returns its id and whether it is new."""
+    from sqlalchemy import pool
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from shared.events.outbox import Outbox
+    from users.app import create_signer
+    from users.models import EVENT_TABLES
+    from users.service import PasswordHasher, UserService
+
     engine = create_async_engine(settings.database_url, poolclass=pool.NullPool)
     try:
         async with async_sessionmaker(engine, expire_on_commit=False)() as session:
@@ -54,9 +59,12 @@ async def create_admin_account(
 @click.password_option(help="At least 10 characters; prompted for when not given.")
 def create_admin(email: str, display_name: str, password: str) -> None:
     """Create the first administrator (or promote an existing account). There is no default admin."""
+    settings = load_users_settings()
+    from shared.errors import DomainError
+
     try:
         account_id, created = asyncio.run(
-            create_admin_account(load_users_settings(), email=email, password=password, display_name=display_name)
+            create_admin_account(settings, email=email, password=password, display_name=display_name)
         )
     except DomainError as error:
         raise click.ClickException(error.detail) from error
