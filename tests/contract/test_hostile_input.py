@@ -5,6 +5,8 @@ remembering to add it. For each operation the walk builds a valid request (a bod
 schema, real-looking path, query and header values) and then spoils one thing at a time:
 
 - ``nul``: a NUL character (Postgres text cannot hold one) in every string field and parameter;
+- ``utf-8``: JSON bodies that are not UTF-8 (invalid bytes, a lone surrogate raw or escaped, an
+  overlong NUL) in every string field;
 - ``deep``: JSON nested far deeper than any schema needs, on every JSON route;
 - ``huge``: integers beyond 64 bits (and beyond every column) in every integer field and parameter;
 - ``content-type``: a body route called with another media type, or none;
@@ -35,6 +37,12 @@ if TYPE_CHECKING:
 NUL = "\x00"
 HUGE_INTEGERS = (2**31, 2**63, 10**19, -(2**63) - 1, 2**64, 10**100)
 DEEP_LEVELS = (1_000, 5_000)
+BROKEN_UTF8 = {
+    "invalid UTF-8": b"a\xffb",
+    "encoded lone surrogate": b"a\xed\xa0\x80b",
+    "escaped lone surrogate": b"a\\ud800b",
+    "overlong NUL": b"a\xc0\x80b",
+}
 JSON_OTHER_TYPES = (
     "text/plain",
     "application/x-www-form-urlencoded",
@@ -44,7 +52,7 @@ JSON_OTHER_TYPES = (
     None,
 )
 FORM_OTHER_TYPES = ("application/json", "text/plain", "multipart/form-data; boundary=x", None)
-CLASSES = ("nul", "deep", "huge", "content-type", "errors")
+CLASSES = ("nul", "utf-8", "deep", "huge", "content-type", "errors")
 
 # Values that pass each service's field rules, so the spoiled field is the only thing wrong.
 EXAMPLES: dict[str, Any] = {
@@ -258,6 +266,26 @@ def nul_cases(document: dict[str, Any], operation: Operation) -> list[Case]:
     return cases
 
 
+def utf8_cases(document: dict[str, Any], operation: Operation) -> list[Case]:
+    if operation.body_schema is None or operation.body_media_type != "application/json":
+        return []
+    schemas = Schemas(document)
+    cases = []
+    if isinstance(operation.body, dict):  # as a key: routes whose fields are not strings get it too
+        template = json.dumps({"@@": 1, **operation.body}).encode()
+        cases += [
+            operation.case(f"{what} in a key", 400, content=template.replace(b"@@", raw))
+            for what, raw in BROKEN_UTF8.items()
+        ]
+    for at, kind in schemas.leaves(operation.body_schema, operation.body):
+        if kind == "string":
+            template = json.dumps(replaced(operation.body, at, "@@")).encode()
+            for what, raw in BROKEN_UTF8.items():
+                content = template.replace(b"@@", raw)
+                cases.append(operation.case(f"{what} in body {_dotted(at)}", 400, content=content))
+    return cases
+
+
 def huge_cases(document: dict[str, Any], operation: Operation) -> list[Case]:
     schemas = Schemas(document)
     cases = []
@@ -328,11 +356,13 @@ UNKNOWN_PATHS = ("/nowhere", "/docs/nowhere", "/docs/openapi.json/more", "/healt
 
 def hostile_cases(app: Litestar, token: str, kind: str) -> list[Case]:
     document = app.openapi_schema.to_schema()
-    max_body = app.request_max_body_size or 10_000_000
+    max_body = app.request_max_body_size if isinstance(app.request_max_body_size, int) else 10_000_000
     cases: list[Case] = []
     for operation in operations(document, token):
         if kind == "nul":
             cases += nul_cases(document, operation)
+        elif kind == "utf-8":
+            cases += utf8_cases(document, operation)
         elif kind == "huge":
             cases += huge_cases(document, operation)
         elif kind == "deep":

@@ -25,9 +25,11 @@ async def stored_total_and_event(database_url: str, order_id: str) -> tuple[int,
             body = await connection.scalar(select(EVENT_TABLES.outbox.c.body))
     finally:
         await engine.dispose()
+    assert body is not None
+    assert total is not None
     payload = decode_event(body).payload
     assert isinstance(payload, OrderPlaced)
-    return int(total), payload
+    return total, payload
 
 
 async def test_largest_legal_order_is_placed_and_read_back_exactly(

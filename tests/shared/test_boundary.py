@@ -106,6 +106,19 @@ def test_escaped_backslash_before_u0000_is_text_not_nul(body: bytes) -> None:
     assert json_body_problem(body, max_depth=MAX_DEPTH) is None
 
 
+@pytest.mark.parametrize(
+    "raw", [b"\xff", b"\xed\xa0\x80", b"\xc0\x80", b"\xe2\x82"], ids=["ff", "surrogate", "overlong-nul", "truncated"]
+)
+def test_json_that_is_not_utf8_is_refused(raw: bytes) -> None:
+    assert json_body_problem(b'{"text": "a' + raw + b'b"}', max_depth=MAX_DEPTH) == "The body is not valid UTF-8."
+
+
+def test_non_ascii_utf8_is_accepted() -> None:
+    body = json.dumps({"text": "Ada Lovelace \u2014 \u00e9 \u65e5\u672c \U0001f600"}, ensure_ascii=False).encode()
+    assert not body.isascii()
+    assert json_body_problem(body, max_depth=MAX_DEPTH) is None
+
+
 def test_depth_counts_only_structure_outside_strings() -> None:
     brackets_in_a_string = json.dumps({"text": "[" * 500 + "{" * 500}).encode()
     many_shallow = json.dumps([{"a": [1]} for _ in range(1000)]).encode()

@@ -9,6 +9,8 @@ field rule can, before anything is decoded:
 - **NUL characters.** Postgres text cannot hold U+0000: asyncpg fails on insert and on a ``LIKE``
   parameter. A NUL in the query string, the path, a header value, a form body or anywhere in a
   JSON body (raw or as a ``\\u0000`` escape) is a 400.
+- **Encoding.** A JSON body is UTF-8 (RFC 8259): invalid UTF-8, an encoded lone surrogate
+  included, is a 400 (msgspec answers the first with a 500 and passes the second on to Postgres).
 - **Nesting depth.** msgspec raises ``RecursionError`` near 1,000 levels; no schema needs more
   than a handful. A JSON body nested deeper than ``max_json_depth`` is a 400, found by one scan
   of the bytes, before decoding.
@@ -134,6 +136,13 @@ def json_body_problem(body: bytes, *, max_depth: int) -> str | None:
     """
     if _NUL in body or (_NUL_ESCAPE in body and _has_nul_escape(body)):
         return "The body contains a NUL character (\\u0000), which cannot be stored."
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            # msgspec raises UnicodeDecodeError (a 500) on invalid UTF-8 and lets an encoded lone
+            # surrogate through, which Postgres then cannot store; JSON is UTF-8 (RFC 8259).
+            return "The body is not valid UTF-8."
     if _deeper_than(body, max_depth):
         return f"The body is nested deeper than {max_depth} levels."
     return None
