@@ -366,3 +366,42 @@ async def test_allow_names_every_documented_method_of_a_path(service: Service) -
                 if answer.status_code in (204, 405):  # OPTIONS on a guarded path answers 401 first
                     allowed = {method.strip() for method in answer.headers["allow"].split(",")}
                     assert allowed == documented, (service.name, path, answer.request.method)
+
+
+def _types(document: dict[str, Any], schema: dict[str, Any]) -> set[str]:
+    schema = resolve(document, schema)
+    found = {schema["type"]} if isinstance(schema.get("type"), str) else set(schema.get("type") or ())
+    for option in schema.get("oneOf", []) + schema.get("anyOf", []):
+        found |= _types(document, option)
+    return found
+
+
+async def test_a_json_body_value_of_another_type_than_documented_is_refused_naming_the_field(
+    service: Service, access_token_signer: AccessTokenSigner
+) -> None:
+    """``"is_active": 0`` is no boolean and ``"price": "100"`` no integer, whatever a lenient decoder thinks."""
+    admin = {"Authorization": f"Bearer {access_token_signer.sign(subject=uuid.uuid4(), roles=['admin'])}"}
+    wrong = {"integer": "1", "boolean": 0}
+    tried = 0
+    async with serve_app(service.build()) as client:
+        document = (await client.get("/docs/openapi.json")).json()
+        for path, method, operation in operations(document):
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" not in content:
+                continue
+            schema = resolve(document, content["application/json"]["schema"])
+            for name, prop in schema.get("properties", {}).items():
+                kinds = _types(document, prop) & set(wrong)
+                if not kinds or "string" in _types(document, prop):
+                    continue
+                value = wrong[sorted(kinds)[0]]
+                url = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
+                answer = await client.request(
+                    method, url, json={name: value}, headers=admin | {"Idempotency-Key": uuid.uuid4().hex}
+                )
+                where = f"{service.name} {method.upper()} {path} {name}={value!r}"
+                assert answer.status_code == 400, (where, answer.text)
+                assert answer.headers["content-type"].startswith(PROBLEM_JSON), where
+                assert name in {error["field"] for error in answer.json()["errors"]}, (where, answer.text)
+                tried += 1
+    assert tried or service.name == "notify", "no integer or boolean body field to try"

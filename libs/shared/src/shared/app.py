@@ -25,6 +25,7 @@ from shared.health import ReadinessCheck, create_health_controller
 from shared.internal_port import Answer, metrics_answer, start_internal_server
 from shared.openapi import StrictStructSchemaPlugin, allow_every_method, document_operations, openapi_config
 from shared.pagination import provide_page_request
+from shared.strict_json import refuse_loose_json
 from shared.telemetry import RouteSpanNameMiddleware, configure_logging, configure_tracing
 
 if TYPE_CHECKING:
@@ -224,6 +225,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         ],
         exception_handlers=exception_handlers(),
         before_send=[security_headers],
+        before_request=refuse_loose_json,
         lifespan=[connections],
         on_startup=list(app_config.on_startup),
         on_shutdown=list(app_config.on_shutdown),

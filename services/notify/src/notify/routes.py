@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_200_OK
 from notify.live import NotificationFeed
 from notify.schemas import NotificationOut, NotificationPage, Preferences, ReadAllOut, UnsubscribeOut
 from notify.service import NotificationService
+from notify.tokens import TOKEN_PATTERN
 from shared.auth import CurrentUser, signed_in
 from shared.errors import Forbidden, TooManyRequests
 from shared.pagination import PageRequest
@@ -21,6 +22,9 @@ from shared.pagination import PageRequest
 __all__ = ("NotificationController", "UnsubscribeController")
 
 Notifications = NamedDependency[NotificationService]
+UnsubscribeToken = Annotated[
+    str, QueryParameter(min_length=1, max_length=200, pattern=TOKEN_PATTERN, description="From the email's link.")
+]
 
 
 class NotificationController(Controller):
@@ -96,7 +100,7 @@ class UnsubscribeController(Controller):
     async def unsubscribe(
         self,
         notifications: Notifications,
-        token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="From the email's link.")],
+        token: UnsubscribeToken,
     ) -> str:
         """A page asking to confirm; its button posts. Opening the link changes nothing (scanners open links)."""
         return notifications.unsubscribe_page(token)
@@ -105,7 +109,7 @@ class UnsubscribeController(Controller):
     async def unsubscribe_one_click(
         self,
         notifications: Notifications,
-        token: Annotated[str, QueryParameter(min_length=1, max_length=200, description="From the email's link.")],
+        token: UnsubscribeToken,
     ) -> UnsubscribeOut:
         """Turn off the emails of the kind the link came with (RFC 8058 one-click, and the page's button).
 

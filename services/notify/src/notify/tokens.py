@@ -17,12 +17,14 @@ from urllib.parse import urlencode
 from notify.schemas import KINDS, NotificationKind
 from shared.errors import DomainError, Forbidden
 
-__all__ = ("MalformedToken", "UnsubscribeLinks")
+__all__ = ("TOKEN_PATTERN", "MalformedToken", "UnsubscribeLinks")
 
 _PURPOSE = b"relay-shop:notify:unsubscribe:v1"
 _MIN_SECRET_LENGTH = 16
 _SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}")
 """HMAC-SHA256 in unpadded URL-safe base64: anything else was never written by this service."""
+TOKEN_PATTERN = rf"^[0-9a-fA-F]{{32}}\.(?:{'|'.join(KINDS)})\.{_SIGNATURE.pattern}$"
+"""The shape of every token this service writes; the routes document it (a token of another shape is a 400)."""
 
 
 class MalformedToken(DomainError):
