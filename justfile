@@ -18,9 +18,9 @@ env service *args:
 demo:
     python scripts/demo.py
 
-# wipe the local stack's data (.data/)
+# wipe the local stack's data (.data/); refused while `just up` runs on it
 reset:
-    rm -rf .data
+    @python -m shared.devstack reset
 
 # lint, then every test (unit, integration against real Postgres and NATS)
 test *args: lint

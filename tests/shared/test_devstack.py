@@ -175,10 +175,8 @@ def test_up_with_a_port_that_is_not_a_number_says_so_in_one_line(tmp_path: Path)
     assert done.stderr.splitlines() == ["just up: RELAY_NATS_PORT='42x' is not a port number"]
 
 
-@pytest.mark.parametrize("fresh", [False, True], ids=["up", "up --fresh"])
-def test_a_second_up_in_the_same_folder_refuses_and_touches_nothing(tmp_path: Path, fresh: bool) -> None:
-    data = tmp_path / "data"
-    # What a running stack has on disk: pid files, Postgres's live postmaster.pid, secrets.
+def _fake_running_stack(data: Path) -> None:
+    """What a running stack has on disk: pid files, Postgres's live postmaster.pid, secrets."""
     for path, text in {
         "run/orders-api.pid": "4242\n",
         "postgres/data/postmaster.pid": "4243\n/data\n",
@@ -186,17 +184,51 @@ def test_a_second_up_in_the_same_folder_refuses_and_touches_nothing(tmp_path: Pa
     }.items():
         (data / path).parent.mkdir(parents=True, exist_ok=True)
         (data / path).write_text(text)
+
+
+@pytest.mark.parametrize(
+    ("command", "refusal"),
+    [
+        (["--data"], "just up: already running"),
+        (["--fresh", "--data"], "just up: already running"),
+        (["reset", "--data"], "just reset: already running"),
+    ],
+    ids=["up", "up --fresh", "reset"],
+)
+def test_a_second_up_or_a_reset_in_the_same_folder_refuses_and_touches_nothing(
+    tmp_path: Path, command: list[str], refusal: str
+) -> None:
+    data = tmp_path / "data"
+    _fake_running_stack(data)
     holder = StackLock(data)
     assert holder.acquire() is None  # the first `just up` is this test process
     before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in data.rglob("*") if path.is_file()}
     try:
-        done = _run_up(data, _stack_ports(), *(["--fresh"] if fresh else []))
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.devstack", *command, str(data)],
+            env=os.environ | _port_env(_stack_ports()),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     finally:
         holder.release()
     assert done.returncode != 0
-    assert done.stderr.splitlines() == [f"just up: already running (pid {os.getpid()}) in {data.resolve()}"]
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"{refusal} (pid {os.getpid()}) in {data.resolve()}"), line
     after = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in data.rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_reset_wipes_the_data_when_no_stack_runs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _fake_running_stack(data)
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.devstack", "reset", "--data", str(data)], capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert not data.exists()
 
 
 def test_the_lock_is_free_again_once_its_holder_is_gone(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -425,6 +426,14 @@ class DevStack:
         base = {key: value for key, value in self.environ.items() if not key.startswith(prefix)}
         return base | self.own_variables(service, database_url)
 
+    def migration_env(self, urls: dict[str, str]) -> dict[str, str]:
+        """The environment of the one process that migrates every service: each one's variables side by side."""
+        prefixes = tuple(f"{service.upper()}_" for service in self.services)
+        env = {key: value for key, value in self.environ.items() if not key.startswith(prefixes)}
+        for service in self.services:
+            env |= self.own_variables(service, urls[service])
+        return env
+
     def run(self) -> int:
         """Start everything, wait until ready, then supervise (restarting what dies) until a signal.
 
@@ -476,18 +485,16 @@ class DevStack:
         urls = asyncio.run(self._provision())
         bin_dir = Path(sys.executable).parent
         self.say(f"migrating {', '.join(self.services)}")
-        migrations = [
-            ServiceProcess(
-                f"{service}-migrate", [str(bin_dir / service), "migrate"], self.service_env(service, urls[service])
-            )
-            for service in self.services
-        ]
-        for migration in migrations:
-            migration.start(self.output)
-            self.processes.append(migration)
-        if not self._wait({m.name: _finished(m) for m in migrations}, stopping, 180.0):
+        # one process runs every service's own `migrate`: the libraries are imported once, not three times
+        migration = ServiceProcess(
+            "migrate", [sys.executable, "-m", "shared.devstack.migrations", *self.services], self.migration_env(urls)
+        )
+        migration.start(self.output)
+        self.processes.append(migration)
+        if not self._wait({migration.name: _finished(migration)}, stopping, 180.0):
             return False
         self.processes = [process for process in self.processes if process.role != "migrate"]
+        self.say(f"starting {', '.join(f'{service}-api, {service}-worker' for service in self.services)}")
         waiting: dict[str, Callable[[], bool]] = {}
         for service in self.services:
             env = self.service_env(service, urls[service])
@@ -511,20 +518,24 @@ class DevStack:
         pending = dict(checks)
         begun = time.monotonic()
         last_said = begun
-        while pending:
-            if stopping.is_set():
-                return False
-            for name, check in list(pending.items()):
-                if check():
-                    del pending[name]
-            now = time.monotonic()
-            if pending and now - begun > timeout:
-                raise StartupError(f"{', '.join(pending)} not ready after {timeout:.0f}s")
-            if pending and now - last_said >= PROGRESS_EVERY:
-                self.say(f"waiting for {', '.join(pending)} ({now - begun:.0f}s)")
-                last_said = now
-            if pending:
-                stopping.wait(0.1)
+        # Polled side by side: a busy process that takes its whole probe timeout to answer does not
+        # delay noticing the others (or a failure).
+        with ThreadPoolExecutor(max_workers=max(len(checks), 1), thread_name_prefix="ready") as probes:
+            while pending:
+                if stopping.is_set():
+                    return False
+                outcomes = {name: probes.submit(check) for name, check in pending.items()}
+                for name, outcome in outcomes.items():
+                    if outcome.result():
+                        del pending[name]
+                now = time.monotonic()
+                if pending and now - begun > timeout:
+                    raise StartupError(f"{', '.join(pending)} not ready after {timeout:.0f}s")
+                if pending and now - last_said >= PROGRESS_EVERY:
+                    self.say(f"waiting for {', '.join(pending)} ({now - begun:.0f}s)")
+                    last_said = now
+                if pending:
+                    stopping.wait(0.1)
         return True
 
     def _clear_leftovers(self) -> None:
@@ -755,8 +766,24 @@ def _fresh(root: Path, keep: Iterable[Path]) -> None:
             entry.unlink()
 
 
+def _reset(root: Path) -> int:
+    """Wipe ``root`` unless a ``just up`` runs on it (then say so and touch nothing)."""
+    if not root.exists():
+        return 0
+    lock = StackLock(root)
+    holder = lock.acquire()
+    if holder is not None:
+        sys.stderr.write(f"just reset: already running (pid {holder}) in {root.resolve()}; stop it first\n")
+        return 1
+    _fresh(root, keep=[lock.path])
+    lock.path.unlink()
+    root.rmdir()
+    lock.release()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m shared.devstack [--fresh] [--data DIR]`` or ``python -m shared.devstack env SERVICE``.
+    """``python -m shared.devstack [--fresh] [--data DIR]``, or ``... env SERVICE``, or ``... reset``.
 
     Every failure to start is one line on stderr and a non-zero exit code.
     """
@@ -777,6 +804,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"just env: {error}\n")
             return 1
         return 0
+    if arguments[:1] == ["reset"]:
+        parser = argparse.ArgumentParser(prog="just reset", description="Wipe the local stack's data.")
+        parser.add_argument("--data", type=Path, default=default_data, help="data directory (default .data)")
+        return _reset(parser.parse_args(arguments[1:]).data)
     parser = argparse.ArgumentParser(prog="just up", description="Run Relay Shop locally.")
     parser.add_argument("--fresh", action="store_true", help="wipe the data directory first")
     parser.add_argument("--data", type=Path, default=default_data, help="data directory (default .data)")
