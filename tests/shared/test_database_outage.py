@@ -7,7 +7,10 @@ import uuid
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+import asyncpg.exceptions
 import pytest
+import sqlalchemy.exc
+from advanced_alchemy.exceptions import RepositoryError
 
 from notify.app import DATABASE as NOTIFY_DATABASE
 from notify.app import create_app as create_notify_app
@@ -15,6 +18,7 @@ from notify.settings import NotifySettings
 from orders.app import DATABASE as ORDERS_DATABASE
 from orders.app import create_app as create_orders_app
 from orders.settings import OrdersSettings
+from shared.db import is_database_unavailable
 from shared.testing import eventually, prepare_service_database, serve_app
 from users.app import DATABASE as USERS_DATABASE
 from users.app import create_app as create_users_app
@@ -137,3 +141,48 @@ async def test_postgres_outage_is_503_with_retry_after_on_every_service_and_reco
                 return all(answer.status_code != 503 and answer.status_code < 500 for answer in answers)
 
             await eventually(recovered, within=30, what=f"{name} answering again after Postgres came back")
+
+
+def _chained(outer: Exception, cause: BaseException) -> Exception:
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "Connect call failed"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        FileNotFoundError(2, "No such file or directory: '/tmp/.s.PGSQL.5432'"),
+        TimeoutError(),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+        asyncpg.exceptions.InterfaceError("connection is closed"),
+        sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+        sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("connection is closed")),
+        sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("lost"), connection_invalidated=True),
+        sqlalchemy.exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached"),
+        _chained(RepositoryError("An exception occurred"), sqlalchemy.exc.TimeoutError("pool timeout")),
+        _chained(RepositoryError("wrapped"), _chained(sqlalchemy.exc.DBAPIError("x", {}, Exception()), OSError())),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_every_kind_of_connection_failure_counts_as_unavailable(error: Exception) -> None:
+    assert is_database_unavailable(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("bad input"),
+        sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key")),
+        sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("syntax error"), connection_invalidated=False),
+        asyncpg.exceptions.UniqueViolationError("duplicate key value"),
+        RepositoryError("not found"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_request_and_data_errors_are_not_unavailability(error: Exception) -> None:
+    assert not is_database_unavailable(error)
