@@ -253,6 +253,20 @@ def test_env_without_a_running_stack_says_so_in_one_line(tmp_path: Path) -> None
     assert done.stderr.splitlines() == [f"just env: no `just up` is running in {tmp_path.resolve()}: start it first"]
 
 
+def test_a_failing_migration_is_named_in_the_migration_process_last_line() -> None:
+    nowhere = f"postgresql+asyncpg://users:nothing@127.0.0.1:{free_port()}/relay"
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.devstack.migrations", "users"],
+        env=os.environ | {"USERS_DATABASE_URL": nowhere},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1].startswith("users: "), done.stdout + done.stderr
+
+
 def test_a_persons_own_service_variables_reach_the_service_but_never_rewire_it(tmp_path: Path) -> None:
     ports = _stack_ports()
     mine = {

@@ -442,7 +442,9 @@ class DevStack:
         """
         started = time.monotonic()
         stopping = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal no longer reaches the children (own sessions), so the
+        # supervisor must stop them in order itself.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, lambda *_: stopping.set())
         try:
             try:
