@@ -8,7 +8,8 @@ schema, real-looking path, query and header values) and then spoils one thing at
 - ``utf-8``: JSON bodies that are not UTF-8 (invalid bytes, a lone surrogate raw or escaped, an
   overlong NUL) in every string field;
 - ``deep``: JSON nested far deeper than any schema needs, on every JSON route;
-- ``huge``: integers beyond 64 bits (and beyond every column) in every integer field and parameter;
+- ``huge``: integers beyond 64 bits (and beyond every column), one past each documented bound, and
+  things that are not integers, in every integer field and parameter (and every one has bounds);
 - ``content-type``: a body route called with another media type, or none;
 - ``errors``: what Litestar refuses itself: a body over the size limit, malformed or empty JSON,
   a method the path does not have, a path that does not exist (``/docs/...`` included).
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 NUL = "\x00"
 HUGE_INTEGERS = (2**31, 2**63, 10**19, -(2**63) - 1, 2**64, 10**100)
+NOT_INTEGERS = ("1.5", "ten", "", "0x10", "1_0")
 DEEP_LEVELS = (1_000, 5_000)
 BROKEN_UTF8 = {
     "invalid UTF-8": b"a\xffb",
@@ -143,7 +145,9 @@ class Schemas:
         for key in ("oneOf", "anyOf"):
             if key in schema:
                 options = [self.resolve(option) for option in schema[key]]
-                return next(option for option in options if option.get("type") != "null")
+                chosen = next(option for option in options if option.get("type") != "null")
+                # Litestar puts a union's constraints (maximum, ...) beside the oneOf.
+                return {**chosen, **{name: value for name, value in schema.items() if name != key}}
         return schema
 
     def example(self, schema: dict[str, Any], name: str = "") -> Any:  # noqa: PLR0911 - one return per schema type
@@ -286,22 +290,65 @@ def utf8_cases(document: dict[str, Any], operation: Operation) -> list[Case]:
     return cases
 
 
+def _just_outside(schema: dict[str, Any]) -> tuple[int, ...]:
+    """The integers one past each documented bound."""
+    return tuple(
+        value
+        for value in (
+            schema["maximum"] + 1 if "maximum" in schema else None,
+            schema["minimum"] - 1 if "minimum" in schema else None,
+        )
+        if value is not None
+    )
+
+
 def huge_cases(document: dict[str, Any], operation: Operation) -> list[Case]:
     schemas = Schemas(document)
     cases = []
     for parameter in operation.parameters:
-        if schemas.resolve(parameter.get("schema", {})).get("type") == "integer" and parameter["in"] == "query":
+        schema = schemas.resolve(parameter.get("schema", {}))
+        if schema.get("type") == "integer" and parameter["in"] == "query":
             name = parameter["name"]
-            for number in HUGE_INTEGERS:
+            for number in (*HUGE_INTEGERS, *_just_outside(schema), *NOT_INTEGERS):
                 params = {**operation.query, name: str(number)}
                 cases.append(operation.case(f"query {name}={number}", 400, params=params))
     if operation.body_schema is not None and operation.body_media_type == "application/json":
         for at, kind in schemas.leaves(operation.body_schema, operation.body):
             if kind == "integer":
-                for number in HUGE_INTEGERS:
+                schema = schemas.resolve(_schema_at(schemas, operation.body_schema, at))
+                for number in (*HUGE_INTEGERS, *_just_outside(schema), 1.5, "1"):
                     body = replaced(operation.body, at, number)
-                    cases.append(operation.case(f"body {_dotted(at)}={number}", 400, body=body))
+                    cases.append(operation.case(f"body {_dotted(at)}={number!r}", 400, body=body))
     return cases
+
+
+def _schema_at(schemas: Schemas, schema: dict[str, Any], at: tuple[Any, ...]) -> dict[str, Any]:
+    for key in at:
+        schema = schemas.resolve(schema)
+        schema = schema.get("items", {}) if isinstance(key, int) else schema.get("properties", {}).get(key, {})
+    return schema
+
+
+def unbounded_integers(document: dict[str, Any], token: str) -> list[str]:
+    """Every integer parameter or body field whose document gives no maximum (what overflows a column).
+
+    Minimums are checked where documented (one below is sent), and the huge negative numbers go
+    to every integer; Litestar leaves ``minimum: 0`` out of a union's schema, so it is not required.
+    """
+    schemas = Schemas(document)
+    found = []
+    for operation in operations(document, token):
+        where = f"{operation.method} {operation.template}"
+        for parameter in operation.parameters:
+            schema = schemas.resolve(parameter.get("schema", {}))
+            if schema.get("type") == "integer" and "maximum" not in schema:
+                found.append(f"{where} {parameter['in']} {parameter['name']}")
+        if operation.body_schema is not None:
+            for at, kind in schemas.leaves(operation.body_schema, operation.body):
+                schema = schemas.resolve(_schema_at(schemas, operation.body_schema, at))
+                if kind == "integer" and "maximum" not in schema:
+                    found.append(f"{where} body {_dotted(at)}")
+    return found
 
 
 def deep_cases(operation: Operation, max_body: int) -> list[Case]:
@@ -398,7 +445,9 @@ async def test_hostile_input_on_every_route_is_a_client_error_problem(
         if response.status_code != case.expected or content_type != "application/problem+json" or nosniff != "nosniff":
             wrong.append(f"{case.method} {case.path} [{case.what}]: {response.status_code} {content_type} {nosniff}")
     service = service_app.openapi_schema.info.title.rsplit(" ", 1)[-1]
-    routes = len({(case.method, case.path.split("?")[0]) for case in cases})
-    print(f"\n{service} {kind}: {len(cases)} hostile requests over {routes} operations, {len(wrong)} wrong")
+    walked = len(operations(service_app.openapi_schema.to_schema(), token))
+    print(f"\n{service} {kind}: {len(cases)} hostile requests, {walked} operations in the document, {len(wrong)} wrong")
     assert cases, f"{service} has no route for {kind}: the walk found nothing to check"
     assert not wrong, "\n".join(wrong)
+    if kind == "huge":
+        assert not unbounded_integers(service_app.openapi_schema.to_schema(), token)
