@@ -7,6 +7,7 @@ table's unique keys (``ON CONFLICT DO NOTHING``) as the second guard after the c
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 import uuid
@@ -435,29 +436,49 @@ class EmailSender:
     async def run_once(self, sessions: async_sessionmaker[AsyncSession]) -> int:
         """One pass: send what is due, batch after batch while batches come back full.
 
+        The database and the mail server work side by side: while one batch is being sent, the next
+        is claimed and the one before is recorded. Every claimed batch is sent and recorded before
+        the pass returns.
+
         Returns:
             How many deliveries it settled, retried or cancelled.
         """
         done = 0
         deadline = time.monotonic() + self.settings.email_pass_seconds
+        recording: asyncio.Task[None] | None = None
         try:
+            batch = await self._claim_due(sessions)
             while True:
-                outgoing, cancelled, claimed = await self._claim_due(sessions)
-                if outgoing:
-                    try:
-                        failures = await self.transport.send(outgoing)
-                    except Exception as error:  # noqa: BLE001 - a transport must answer per email; if one
-                        # breaks that promise, its batch is still recorded (retried), never left leased
-                        failure = SendFailure(
-                            error=f"transport failed: {type(error).__name__}: {error}", permanent=False
-                        )
-                        failures = [failure] * len(outgoing)
-                    await self._record(sessions, outgoing, failures)
+                outgoing, cancelled, claimed = batch
+                more = claimed >= self.settings.email_batch_size and time.monotonic() < deadline
+                upcoming = asyncio.ensure_future(self._claim_due(sessions)) if more else None
+                try:
+                    failures = await self._send(outgoing) if outgoing else []
+                    if recording is not None:
+                        await recording
+                        recording = None
+                    if outgoing:
+                        recording = asyncio.ensure_future(self._record(sessions, outgoing, failures))
+                except BaseException:
+                    if upcoming is not None:
+                        await asyncio.gather(upcoming, return_exceptions=True)  # leased rows come back after the lease
+                    raise
                 done += len(outgoing) + cancelled
-                if claimed < self.settings.email_batch_size or time.monotonic() >= deadline:
+                if upcoming is None:
                     return done
+                batch = await upcoming
         finally:
+            if recording is not None:
+                await recording
             await self.transport.close()
+
+    async def _send(self, outgoing: list[OutgoingEmail]) -> list[SendFailure | None]:
+        try:
+            return await self.transport.send(outgoing)
+        except Exception as error:  # noqa: BLE001 - a transport must answer per email; if one breaks
+            # that promise, its batch is still recorded (for a retry), never left leased
+            failure = SendFailure(error=f"transport failed: {type(error).__name__}: {error}", permanent=False)
+            return [failure] * len(outgoing)
 
     async def _claim_due(self, sessions: async_sessionmaker[AsyncSession]) -> tuple[list[OutgoingEmail], int, int]:
         """The due emails, claimed for this attempt; how many were cancelled instead; how many rows came."""
