@@ -41,7 +41,7 @@ from users.settings import UsersSettings
 if TYPE_CHECKING:
     import httpx
 
-PASSWORD = "the right password"
+PASSWORD = "the right password"  # noqa: S105 - a throwaway account on a throwaway server
 WRONG = "not the password!"
 LINES = ("unknown", "known", "deactivated", "throttled")
 
@@ -101,7 +101,7 @@ async def benchmark(postgres: PostgresServer, *, samples: int, runs: int, time_c
                     statuses[line].add(status)
             medians = {line: statistics.median(values) for line, values in timings.items()}
             cells = "  ".join(f"{line} {medians[line]:7.1f} ms {sorted(statuses[line])}" for line in LINES)
-            print(f"run {run}: {cells}  known/unknown ×{medians['known'] / medians['unknown']:.2f}")
+            print(f"run {run}: {cells}  known/unknown x{medians['known'] / medians['unknown']:.2f}")
 
 
 def main() -> None:
