@@ -20,7 +20,15 @@ from notify.mail import OutgoingEmail, SendFailure, build_message, transport_fro
 from notify.models import DeliveryStatus, EmailDelivery
 from notify.service import ContactReplica, EmailSender
 from shared.testing import eventually
-from tests.notify.conftest import MailServer, Publisher, RunningWorker, apply_directly, registered
+from tests.notify.conftest import (
+    MailServer,
+    Publisher,
+    RunningWorker,
+    apply_directly,
+    deliveries_of,
+    notifications_of,
+    registered,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -349,3 +357,19 @@ async def test_a_transport_that_raises_leaves_its_batch_recorded_for_a_retry_not
         assert delivery.last_error == "transport failed: RuntimeError: the transport itself broke"
         lease_left = delivery.next_attempt_at - delivery.created_at
         assert lease_left.total_seconds() < notify_settings.email_lease_seconds  # the backoff, not the lease
+
+
+async def test_an_old_event_with_nul_in_the_name_and_address_is_stored_without_an_email_to_send(
+    notify_settings: NotifySettings,
+    pipeline: NotificationPipeline,
+    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine,
+    mail_server: MailServer,
+) -> None:
+    user_id = await queue_welcome(pipeline, sessions, address="e\x00ve@example.com", name="E\x00ve\r\n\u202eX")
+
+    [welcome] = await notifications_of(engine, user_id)  # the event applied: no retry, no dead letter
+    assert welcome.title == "Welcome to Relay Shop, E ve X"
+    assert await deliveries_of(engine, user_id) == []  # no usable address: nothing queued to fail later
+    assert await sender_for(notify_settings).run_once(sessions) == 0
+    assert mail_server.messages == []

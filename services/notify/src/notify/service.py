@@ -30,6 +30,7 @@ from notify.schemas import (
     UnsubscribeOut,
 )
 from notify.templates import KIND_LABELS, unsubscribe_page
+from shared.addresses import printable_name
 from shared.errors import NotFound
 from shared.events.contracts import NotificationCreated
 from shared.events.replicas import upsert_if_newer
@@ -148,9 +149,11 @@ class ContactReplica:
         if tokens_valid_after is not None:
             values["tokens_valid_after"] = tokens_valid_after
         if email is not None:
-            values["email"] = email
+            # Postgres text cannot hold NUL: such an address (only in events from before users
+            # checked addresses) is kept as none, and that user's emails are cancelled, not retried.
+            values["email"] = "" if "\x00" in email else email
         if name is not None:
-            values["display_name"] = name
+            values["display_name"] = printable_name(name)[:100]
         return await upsert_if_newer(self.session, CONTACTS, key={"user_id": user_id}, values=values, sequence=sequence)
 
 
@@ -488,7 +491,12 @@ class EmailSender:
             cancelled: dict[str, list[uuid.UUID]] = {}
             for row in rows:
                 if not row.active or not row.wanted or not row.address:
-                    reason = "recipient deactivated" if not row.active else "email turned off by the recipient"
+                    if not row.active:
+                        reason = "recipient deactivated"
+                    elif not row.wanted:
+                        reason = "email turned off by the recipient"
+                    else:
+                        reason = "the recipient has no usable address"
                     cancelled.setdefault(reason, []).append(row.id)
                     continue
                 outgoing.append(

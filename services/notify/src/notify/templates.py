@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import msgspec
 
+from shared.addresses import printable_name
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -81,7 +83,9 @@ def money(minor_units: int, currency: str) -> str:
 
 
 def _one_line(value: Any) -> Any:
-    return " ".join(value.split()) if isinstance(value, str) else value
+    # Control characters (NUL, CR, bidi overrides...) become spaces: Postgres text cannot hold NUL,
+    # and none belongs in a title or an email header.
+    return printable_name(value) if isinstance(value, str) else value
 
 
 class Rendered(msgspec.Struct, frozen=True):
