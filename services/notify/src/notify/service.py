@@ -14,6 +14,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import Float, and_, bindparam, func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from uuid_utils.compat import uuid7
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from shared.events.outbox import Outbox
 
 __all__ = (
+    "EMAIL_DELIVERIES",
     "ContactNotReplicatedYet",
     "ContactReplica",
     "EmailSender",
@@ -62,6 +64,15 @@ log = structlog.get_logger("notify.service")
 
 CONTACTS = Base.metadata.tables[f"{SCHEMA}.contact"]
 DELIVERIES = Base.metadata.tables[f"{SCHEMA}.email_delivery"]
+
+EMAIL_DELIVERIES = Counter(
+    "notify_email_deliveries",
+    "Email attempts by outcome, counted once recorded: sent, retried (a later attempt follows), failed (for "
+    "good), cancelled (recipient deactivated, email turned off, no usable address).",
+    ["outcome"],
+)
+"""On the worker's ``/metrics``; the prod alerts watch ``failed`` and ``retried`` (deploy/k8s/components/alerts)."""
+EMAIL_OUTCOMES = ("sent", "retried", "failed", "cancelled")
 
 _COLUMNS = (
     Notification.id,
@@ -381,6 +392,8 @@ class EmailSender:
     """
 
     def __init__(self, *, transport: EmailTransport, settings: NotifySettings) -> None:
+        for outcome in EMAIL_OUTCOMES:  # a series of 0 from the start, so an alert has something to evaluate
+            EMAIL_DELIVERIES.labels(outcome)
         self.transport = transport
         self.settings = settings
         self._claim = (
@@ -514,6 +527,7 @@ class EmailSender:
                 await session.execute(self._lease, {"ids": [email.delivery_id for email in outgoing]})
             for reason, ids in cancelled.items():
                 await session.execute(self._cancel, {"ids": ids, "reason": reason})
+        EMAIL_DELIVERIES.labels("cancelled").inc(sum(len(ids) for ids in cancelled.values()))
         return outgoing, sum(len(ids) for ids in cancelled.values()), len(rows)
 
     async def _record(
@@ -545,3 +559,5 @@ class EmailSender:
             for statement, rows in ((self._mark_sent, sent), (self._mark_failed, failed), (self._mark_retry, retried)):
                 if rows:
                     await session.execute(statement, rows)
+        for outcome, rows in (("sent", sent), ("failed", failed), ("retried", retried)):
+            EMAIL_DELIVERIES.labels(outcome).inc(len(rows))
