@@ -317,3 +317,23 @@ async def test_events_commands_report_undecodable_and_unknown_dead_letters_on_on
     listed = await orders("events", "dead-letters")
     assert listed.code == 0, listed
     assert listed.stdout.strip().endswith("1 dead letter(s)"), "a letter that was not replayed stays"
+
+
+def test_api_refuses_keys_it_cannot_use_on_one_line(tmp_path: Path) -> None:
+    # Checked before granian starts: otherwise each granian worker would die with a traceback.
+    database = {
+        f"{service.upper()}_DATABASE_URL": UNREACHABLE_DATABASE.format(port=free_port()) for service in SERVICES
+    }
+    runs = [
+        ("users", ["api"], clean_environment({**database, "USERS_JWT_PRIVATE_KEY": "not a key"})),
+        ("orders", ["api"], clean_environment({**database, "ORDERS_JWT_PUBLIC_KEYS": "not a key"})),
+        ("notify", ["api"], clean_environment({**database, **NOTIFY_NEEDS})),
+    ]
+    expected = {
+        "users": "USERS_JWT_PRIVATE_KEY: not an unencrypted Ed25519 private key",
+        "orders": "ORDERS_JWT_PUBLIC_KEYS: holds no PEM public key",
+        "notify": "NOTIFY_JWT_PUBLIC_KEYS or NOTIFY_JWKS_URL must be set",
+    }
+    for (service, _args, _env), finished in zip(runs, _run_all(runs, tmp_path), strict=True):
+        problems = _one_line_problems(finished, service, expected[service], code=2)
+        assert not problems, (service, problems)

@@ -101,3 +101,25 @@ def test_a_secret_file_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None
     secret.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(SettingsError, match=r"^SHOP_DATABASE_URL_FILE: cannot read "):
         load_settings(ShopSettings, "SHOP", {"SHOP_DATABASE_URL_FILE": str(secret)})
+
+
+def test_keys_that_cannot_be_used_are_refused_when_loaded() -> None:
+    from shared.auth import generate_private_key_pem
+
+    base = {"SHOP_DATABASE_URL": "postgresql://x"}
+    private = generate_private_key_pem()
+    assert load_settings(UsersLike, "SHOP", {**base, "SHOP_JWT_PRIVATE_KEY": private}).jwt_private_key == private
+    with pytest.raises(SettingsError, match=r"^SHOP_JWT_PRIVATE_KEY: not an unencrypted Ed25519 private key"):
+        load_settings(UsersLike, "SHOP", {**base, "SHOP_JWT_PRIVATE_KEY": "-----BEGIN PRIVATE KEY-----\nxx"})
+    with pytest.raises(SettingsError, match=r"^SHOP_JWT_PUBLIC_KEYS: holds no PEM public key"):
+        load_settings(UsersLike, "SHOP", {**base, "SHOP_JWT_PUBLIC_KEYS": "ssh-ed25519 AAAA"})
+    with pytest.raises(SettingsError, match=r"^SHOP_JWT_PUBLIC_KEYS: holds a PEM block that is not an Ed25519"):
+        load_settings(
+            UsersLike,
+            "SHOP",
+            {**base, "SHOP_JWT_PUBLIC_KEYS": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"},
+        )
+
+
+class UsersLike(ServiceSettings, kw_only=True, frozen=True):
+    jwt_private_key: str = ""

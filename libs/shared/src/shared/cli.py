@@ -78,12 +78,10 @@ def explain_failure(error: BaseException, service: str) -> tuple[str, int]:
 
     Args:
         error: What escaped the command.
-        service: The service's name: a ``ValueError`` that names one of its variables
+        service: The service's name: an error whose message starts with one of its variables
             (``NOTIFY_UNSUBSCRIBE_SECRET needs ...``) is a settings error too.
     """
-    if isinstance(error, SettingsError) or (
-        isinstance(error, ValueError) and str(error).startswith(f"{service.upper()}_")
-    ):
+    if isinstance(error, SettingsError) or _first_line(error).startswith(f"{service.upper()}_"):
         return _first_line(error), CONFIGURATION_EXIT_CODE
     from shared.db import database_failure_reason, is_database_unavailable
     from shared.events.connection import NatsConfigurationError, NatsUnavailableError
