@@ -451,3 +451,28 @@ async def test_hostile_input_on_every_route_is_a_client_error_problem(
     assert not wrong, "\n".join(wrong)
     if kind == "huge":
         assert not unbounded_integers(service_app.openapi_schema.to_schema(), token)
+
+
+async def test_every_query_integer_at_its_documented_bounds_is_accepted(
+    service_app: Litestar, service_client: httpx.AsyncClient, access_token_signer: AccessTokenSigner
+) -> None:
+    token = access_token_signer.sign(subject=uuid.uuid4(), roles=["admin", "user"])
+    document = service_app.openapi_schema.to_schema()
+    schemas = Schemas(document)
+    checked, wrong = 0, []
+    for operation in operations(document, token):
+        if operation.method != "GET":
+            continue
+        for parameter in operation.parameters:
+            schema = schemas.resolve(parameter.get("schema", {}))
+            if schema.get("type") != "integer" or parameter["in"] != "query":
+                continue
+            for bound in ("minimum", "maximum"):
+                value = int(schema[bound])
+                params = {**operation.query, parameter["name"]: str(value)}
+                response = await send(service_client, operation.case(bound, 200, params=params))
+                checked += 1
+                if response.status_code != 200:
+                    wrong.append(f"GET {operation.template} {parameter['name']}={value}: {response.status_code}")
+    assert checked, "no integer query parameter to check"
+    assert not wrong, "\n".join(wrong)
