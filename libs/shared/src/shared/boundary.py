@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = (
-    "JSON_MEDIA_TYPES",
     "NO_STORE",
     "PRAGMA_NO_CACHE",
     "SECURITY_HEADERS",
@@ -55,9 +54,6 @@ __all__ = (
     "json_body_problem",
     "security_headers",
 )
-
-JSON_MEDIA_TYPES: Final = ("application/json", "application/*+json")
-"""What a JSON route accepts (documentation; the check is ``_is_json``)."""
 
 _NUL: Final = b"\x00"
 _NUL_ESCAPE: Final = b"\\u0000"
@@ -206,6 +202,7 @@ class InputBoundaryMiddleware(ASGIMiddleware):
 
     def __init__(self, config: BoundaryConfig | None = None) -> None:
         self.config = config or BoundaryConfig()
+        # Keyed by id(); the handler is kept in the value so that its id is never reused.
         self._routes: dict[int, tuple[BaseRouteHandler, str | None]] = {}
 
     def _body_type(self, handler: BaseRouteHandler) -> str | None:
