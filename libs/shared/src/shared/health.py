@@ -8,8 +8,18 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 from litestar import Controller, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from prometheus_client import Counter, Gauge
 
-__all__ = ("HealthReport", "ReadinessCheck", "create_health_controller", "run_checks")
+__all__ = ("READINESS_CHANGES", "READY", "HealthReport", "ReadinessCheck", "create_health_controller", "run_checks")
+
+READY = Gauge("relay_ready", "1 when the last readiness check of this process passed, 0 when it failed.")
+READINESS_CHANGES = Counter(
+    "relay_readiness_changes",
+    "Times this process's readiness flipped (ready to not ready or back); a steady climb is a flapping pod.",
+)
+# A process is not ready until its first check passes (the kubelet sees it the same way).
+READY.set(0)
+READINESS_CHANGES.inc(0)
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """A named check returns None when healthy, or a short reason when not."""
@@ -37,7 +47,20 @@ async def run_checks(checks: dict[str, ReadinessCheck], timeout_seconds: float =
     names = list(checks)
     results = await asyncio.gather(*(run(checks[name]) for name in names))
     report = dict(zip(names, results, strict=True))
-    return HealthReport(status="ok" if all(value == "ok" for value in results) else "unavailable", checks=report)
+    ready = all(value == "ok" for value in results)
+    _record_readiness(ready)
+    return HealthReport(status="ok" if ready else "unavailable", checks=report)
+
+
+_last_readiness: list[bool] = []  # this process's previous answer; empty before the first check
+
+
+def _record_readiness(ready: bool) -> None:
+    # Count flips, not checks: probes come every few seconds, and a flip is what an alert needs.
+    if _last_readiness and _last_readiness[0] != ready:
+        READINESS_CHANGES.inc()
+    _last_readiness[:] = [ready]
+    READY.set(1 if ready else 0)
 
 
 def create_health_controller(checks: dict[str, ReadinessCheck]) -> type[Controller]:
