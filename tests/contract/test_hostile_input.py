@@ -376,7 +376,7 @@ def error_cases(operation: Operation, methods: set[str], max_body: int) -> list[
     if operation.body_media_type == "application/json":
         cases.append(operation.case("malformed JSON", 400, content=b'{"a": '))
         cases.append(operation.case("empty JSON body", 400, content=b""))
-    for other in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - methods):
+    for other in sorted({"GET", "POST", "PUT", "PATCH", "DELETE", "TRACE", "BREW"} - methods):
         cases.append(Case(method=other, path=operation.path(), what="method not allowed", expected=405))
     return cases
 
