@@ -253,6 +253,30 @@ def test_env_without_a_running_stack_says_so_in_one_line(tmp_path: Path) -> None
     assert done.stderr.splitlines() == [f"just env: no `just up` is running in {tmp_path.resolve()}: start it first"]
 
 
+def test_after_a_crash_only_the_stacks_own_leftovers_are_killed(tmp_path: Path) -> None:
+    stack = DevStack(tmp_path / "data", _stack_ports(), environ={})
+
+    def sleeper(env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"], env=os.environ | env, start_new_session=True
+        )
+
+    leftover = sleeper({"RELAY_STACK_DATA": str(stack.root)})  # a worker of the crashed run
+    stranger = sleeper({})  # an unrelated process that got a pid from an old pid file
+    try:
+        stack.run_dir.mkdir(parents=True)
+        (stack.run_dir / "orders-worker.pid").write_text(f"{leftover.pid}\n")
+        (stack.run_dir / "notify-api.pid").write_text(f"{stranger.pid}\n")
+        stack._clear_leftovers(grace=0.5)
+        assert leftover.wait(10) == -signal.SIGKILL
+        assert stranger.poll() is None
+        assert not stack.run_dir.exists()
+    finally:
+        for process in (leftover, stranger):
+            process.kill()
+            process.wait()
+
+
 def test_a_failing_migration_is_named_in_the_migration_process_last_line() -> None:
     nowhere = f"postgresql+asyncpg://users:nothing@127.0.0.1:{free_port()}/relay"
     done = subprocess.run(

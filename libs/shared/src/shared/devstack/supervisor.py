@@ -63,6 +63,10 @@ SERVICES = ("users", "orders", "notify")
 PROGRESS_EVERY = 5.0
 """Seconds between two "still waiting for ..." lines while the stack starts."""
 
+STACK_MARKER = "RELAY_STACK_DATA"
+"""Set in every service process's environment to the data directory: marks the processes as this
+stack's, so a later run cleans up after a crash without ever touching anyone else's process."""
+
 
 class StartupError(Exception):
     """``just up`` cannot start; the message is one line for the person who ran it."""
@@ -489,7 +493,9 @@ class DevStack:
         self.say(f"migrating {', '.join(self.services)}")
         # one process runs every service's own `migrate`: the libraries are imported once, not three times
         migration = ServiceProcess(
-            "migrate", [sys.executable, "-m", "shared.devstack.migrations", *self.services], self.migration_env(urls)
+            "migrate",
+            [sys.executable, "-m", "shared.devstack.migrations", *self.services],
+            self.migration_env(urls) | {STACK_MARKER: str(self.root)},
         )
         migration.start(self.output)
         self.processes.append(migration)
@@ -499,7 +505,7 @@ class DevStack:
         self.say(f"starting {', '.join(f'{service}-api, {service}-worker' for service in self.services)}")
         waiting: dict[str, Callable[[], bool]] = {}
         for service in self.services:
-            env = self.service_env(service, urls[service])
+            env = self.service_env(service, urls[service]) | {STACK_MARKER: str(self.root)}
             for role, port in (("api", self.ports.api(service)), ("worker", self.ports.worker(service))):
                 process = ServiceProcess(f"{service}-{role}", [str(bin_dir / service), role], env)
                 process.start(self.output)
@@ -540,20 +546,34 @@ class DevStack:
                     stopping.wait(0.1)
         return True
 
-    def _clear_leftovers(self) -> None:
+    def _clear_leftovers(self, grace: float = 20.0) -> None:
         # After a crash of the supervisor, its children are still on their way out (the
         # parent-death signal reached them). We hold the lock, so they are ours: wait for them,
         # then make sure their process groups are gone before anything binds their ports.
+        # A pid file may be old and its pid reused: only processes marked as this stack's count.
         pid_files = list(self.run_dir.glob("*.pid")) if self.run_dir.exists() else []
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + grace
         for pid_file in pid_files:
             with contextlib.suppress(OSError, ValueError):
                 pid = int(pid_file.read_text().split()[0])
-                while process_group_members(pid) and time.monotonic() < deadline:
+                while self._ours(process_group_members(pid)) and time.monotonic() < deadline:
                     time.sleep(0.1)
                 if pid_file.stem != "postgres":  # Postgres is left to finish its shutdown
-                    kill_process_group(pid)
+                    for member in self._ours(process_group_members(pid)):
+                        with contextlib.suppress(OSError):
+                            os.kill(member, signal.SIGKILL)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _ours(self, pids: set[int]) -> set[int]:
+        """The processes among ``pids`` that this stack started (marked, or naming its data directory)."""
+        marker, root = f"{STACK_MARKER}={self.root}".encode(), str(self.root).encode()
+        found = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if marker in environ or root in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(pid)
+        return found
 
     def _stop_everything(self) -> None:
         if self.nats.process is None and self.postgres.process is None and not self.processes:
