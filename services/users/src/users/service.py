@@ -331,7 +331,7 @@ class UserService:
             TooManyRequests: Too many password checks for this account or address in the window.
             Forbidden: A new email or password without the right current password.
             Unprocessable: The new password equals the email.
-            Conflict: The new email is taken.
+            Conflict: The new email is taken, or the password changed between its check and the update.
         """
         sensitive = changes.email is not UNSET or changes.password is not UNSET
         current = changes.current_password if changes.current_password is not UNSET else ""
