@@ -405,3 +405,38 @@ async def test_a_json_body_value_of_another_type_than_documented_is_refused_nami
                 assert name in {error["field"] for error in answer.json()["errors"]}, (where, answer.text)
                 tried += 1
     assert tried or service.name == "notify", "no integer or boolean body field to try"
+
+
+def test_fields_left_out_of_a_partial_update_keep_their_bounds_in_the_document(
+    users: Service, orders: Service, notify: Service
+) -> None:
+    """``price: MinorUnits | UnsetType`` is documented with ``MinorUnits``' minimum and maximum."""
+    import typing
+
+    bounds = {"ge": "minimum", "le": "maximum", "min_length": "minLength", "max_length": "maxLength"}
+    checked = 0
+    for service in (users, orders, notify):
+        app = service.build()
+        document = app.openapi_schema.to_schema()
+        for route in app.routes:
+            if not isinstance(route, HTTPRoute):
+                continue
+            for handler in route.route_handlers:
+                if handler.parsed_data_field is None:
+                    continue
+                struct = handler.parsed_data_field.annotation
+                info = msgspec.inspect.type_info(struct)
+                if not isinstance(info, msgspec.inspect.StructType):
+                    continue
+                schema = document["components"]["schemas"][struct.__name__]
+                hints = typing.get_type_hints(struct, include_extras=True)
+                for field in info.fields:
+                    if msgspec.UnsetType not in typing.get_args(hints[field.name]):
+                        continue
+                    inner = field.type.type if isinstance(field.type, msgspec.inspect.Metadata) else field.type
+                    for attribute, keyword in bounds.items():
+                        if getattr(inner, attribute, None) is not None:
+                            documented = schema["properties"][field.encode_name].get(keyword)
+                            assert documented == getattr(inner, attribute), (service.name, field.name, keyword)
+                            checked += 1
+    assert checked, "no bounded field of a partial update to check"

@@ -21,7 +21,9 @@ async def test_admin_creates_updates_restocks_and_deactivates_products(
     assert updated.json()["price"] == 1500
     restocked = await client.post(f"/products/{product_id}/restock", json={"quantity": 7}, headers=tokens.admin())
     assert restocked.json()["stock"] == 10
-    assert (await client.delete(f"/products/{product_id}", headers=tokens.admin())).status_code == 204
+    deactivated = await client.post(f"/products/{product_id}/deactivate", headers=tokens.admin())
+    assert deactivated.status_code == 200
+    assert deactivated.json()["is_active"] is False
 
     assert (await client.get(f"/products/{product_id}")).status_code == 404
     assert (await client.get(f"/products/{product_id}", headers=tokens.admin())).json()["is_active"] is False

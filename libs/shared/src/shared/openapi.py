@@ -21,6 +21,8 @@ operation must have an explicit ``operation_id`` (the app refuses to start witho
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,10 +36,12 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
+from litestar.plugins.core._msgspec import kwarg_definition_from_field
 from litestar.response import ServerSentEvent
 from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
 from litestar.types import Empty
+from litestar.typing import FieldDefinition
 
 from shared.auth import admin_only, signed_in
 from shared.errors import PROBLEM_JSON, DomainError, Problem
@@ -47,7 +51,6 @@ if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
     from litestar.handlers import HTTPRouteHandler
     from litestar.openapi.spec import Reference, Schema
-    from litestar.typing import FieldDefinition
 
 __all__ = (
     "DOCS_PATH",
@@ -58,6 +61,8 @@ __all__ = (
     "openapi_config",
     "swagger_ui_assets",
 )
+
+_UNIONS = (typing.Union, types.UnionType)
 
 DOCS_PATH = "/docs"
 ASSETS_PATH = "/assets"
@@ -87,17 +92,35 @@ def swagger_ui_assets() -> Path:
 
 
 class StrictStructSchemaPlugin(StructSchemaPlugin):
-    """Structs declared ``forbid_unknown_fields=True`` are documented with ``additionalProperties: false``.
+    """msgspec Structs documented as they are decoded.
 
-    Clients (and schemathesis) then know that an extra field is refused with 400.
+    - Structs declared ``forbid_unknown_fields=True`` say ``additionalProperties: false``:
+      clients (and schemathesis) then know that an extra field is refused with 400.
+    - A field ``X | UnsetType`` (left out of a partial update) is documented as ``X`` with all
+      its constraints: ``UNSET`` is never a value on the wire, and Litestar's union path loses
+      some of ``X``'s bounds (``minimum: 0``), so the document accepted values the API refuses.
     """
 
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
         """The struct's schema, closed when the struct refuses unknown fields."""
         schema = super().to_openapi_schema(field_definition, schema_creator)
         info = msgspec.inspect.type_info(field_definition.type_)
-        if isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields:
+        if not isinstance(info, msgspec.inspect.StructType):
+            return schema
+        if info.forbid_unknown_fields:
             schema.additional_properties = False
+        hints = field_definition.get_type_hints(include_extras=True, resolve_generics=True)
+        for field in info.fields:
+            members = typing.get_args(hints[field.name]) if typing.get_origin(hints[field.name]) in _UNIONS else ()
+            kept = [member for member in members if member is not msgspec.UnsetType]
+            if len(kept) == 1 and len(members) == 2 and schema.properties is not None:  # noqa: PLR2004 - X | UNSET
+                kwarg_definition = kwarg_definition_from_field(field)[0]
+                single = FieldDefinition.from_annotation(
+                    kept[0],
+                    name=field.encode_name,
+                    **({"kwarg_definition": kwarg_definition} if kwarg_definition else {}),
+                )
+                schema.properties[field.encode_name] = schema_creator.for_field_definition(single)
         return schema
 
 

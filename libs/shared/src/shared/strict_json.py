@@ -7,6 +7,9 @@ document says boolean and integer. A client written against the document never s
 client that does has a bug the API should name. So every JSON body is first decoded strictly
 against the handler's ``data`` type, and a mismatch is a 400 naming the field (the problem
 document of ``shared.errors``); Litestar's own decoding then runs as before.
+
+Strict, but by JSON Schema's rules: a number with a zero fraction (``3.0``) is an integer there,
+so it is accepted where an integer is documented.
 """
 
 from __future__ import annotations
@@ -22,23 +25,36 @@ if TYPE_CHECKING:
 
 __all__ = ("refuse_loose_json",)
 
-_decoders: dict[int, msgspec.json.Decoder[Any] | None] = {}
+_NOTHING = object()
+_types: dict[int, Any] = {}
 
 
-def _decoder_for(request: Request[Any, Any, Any]) -> msgspec.json.Decoder[Any] | None:
+def _body_type(request: Request[Any, Any, Any]) -> Any:
+    """The handler's JSON body type, or ``_NOTHING`` (no body, not JSON, or not a type msgspec knows)."""
     handler = request.route_handler
     key = id(handler)
-    if key not in _decoders:
-        decoder: msgspec.json.Decoder[Any] | None = None
+    if key not in _types:
+        body_type: Any = _NOTHING
         field = handler.parsed_data_field
         media_type = getattr(field.kwarg_definition, "media_type", None) if field is not None else None
         if field is not None and media_type in (None, RequestEncodingType.JSON):
             try:
-                decoder = msgspec.json.Decoder(field.annotation, strict=True)
+                msgspec.json.Decoder(field.annotation)
+                body_type = field.annotation
             except TypeError:  # a type msgspec cannot decode by itself: Litestar's decoding only
-                decoder = None
-        _decoders[key] = decoder
-    return _decoders[key]
+                body_type = _NOTHING
+        _types[key] = body_type
+    return _types[key]
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    return value
 
 
 async def refuse_loose_json(request: Request[Any, Any, Any]) -> None:
@@ -47,17 +63,19 @@ async def refuse_loose_json(request: Request[Any, Any, Any]) -> None:
     Raises:
         ValidationException: A value of the wrong type (the message names where it is).
     """
-    decoder = _decoder_for(request)
-    if decoder is None:
+    body_type = _body_type(request)
+    if body_type is _NOTHING:
         return
     body = await request.body()
     if not body:
         return  # no body: Litestar's own validation says what is missing
     try:
-        decoder.decode(body)
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return  # not JSON at all: Litestar answers that itself
+    try:
+        msgspec.convert(_integral_floats_as_ints(value), body_type, strict=True)
     except msgspec.ValidationError as error:
         raise ValidationException(
             detail=str(error), extra=[{"key": "data", "source": "body", "message": str(error)}]
         ) from error
-    except msgspec.DecodeError:
-        return  # not JSON at all: Litestar answers that itself

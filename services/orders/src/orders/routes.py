@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, Request, get, patch, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Response
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from orders.schemas import (
     OrderOut,
@@ -83,15 +83,17 @@ class ProductController(Controller):
         """Change name, description, price or active flag."""
         return await catalog.update(product_id, data)
 
-    @delete(
-        "/{product_id:uuid}",
-        status_code=HTTP_204_NO_CONTENT,
+    # An action, not DELETE: the product stays (orders keep it, administrators still read it), so a
+    # DELETE would promise clients a removal that never happens.
+    @post(
+        "/{product_id:uuid}/deactivate",
+        status_code=HTTP_200_OK,
         guards=[admin_only],
         operation_id="deactivateProduct",
     )
-    async def deactivate_product(self, product_id: FromPath[uuid.UUID], catalog: Catalog) -> None:
-        """Take a product off sale (orders already placed keep it)."""
-        await catalog.update(product_id, ProductUpdate(is_active=False))
+    async def deactivate_product(self, product_id: FromPath[uuid.UUID], catalog: Catalog) -> ProductOut:
+        """Take a product off sale (orders already placed keep it; ``PATCH`` ``is_active`` puts it back)."""
+        return await catalog.update(product_id, ProductUpdate(is_active=False))
 
     @post(
         "/{product_id:uuid}/restock",
