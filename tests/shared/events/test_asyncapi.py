@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import pytest
@@ -19,13 +20,16 @@ PLACED = ("orders.order.placed", 1)
 
 
 # Variants of published contracts. They live at module level because msgspec resolves the
-# (postponed) annotations of a struct in its module's namespace.
+# (postponed) annotations of a struct in its module's namespace. Each keeps v1's optional fields.
+
+Instant = Annotated[datetime.datetime, msgspec.Meta(tz=True)]
 
 
 class WithoutEmail(EventPayload, frozen=True, kw_only=True):
     user_id: uuid.UUID
     display_name: str
     role: Literal["user", "admin"]
+    tokens_valid_after: Instant | None = None
 
 
 class EmailAsNumber(EventPayload, frozen=True, kw_only=True):
@@ -33,6 +37,7 @@ class EmailAsNumber(EventPayload, frozen=True, kw_only=True):
     email: int
     display_name: str
     role: Literal["user", "admin"]
+    tokens_valid_after: Instant | None = None
 
 
 class WithOwnerRole(EventPayload, frozen=True, kw_only=True):
@@ -40,6 +45,7 @@ class WithOwnerRole(EventPayload, frozen=True, kw_only=True):
     email: str
     display_name: str
     role: Literal["user", "admin", "owner"]
+    tokens_valid_after: Instant | None = None
 
 
 class WithRequiredLocale(EventPayload, frozen=True, kw_only=True):
@@ -48,6 +54,7 @@ class WithRequiredLocale(EventPayload, frozen=True, kw_only=True):
     display_name: str
     role: Literal["user", "admin"]
     locale: str
+    tokens_valid_after: Instant | None = None
 
 
 class WithOptionalLocale(EventPayload, frozen=True, kw_only=True):
@@ -56,6 +63,7 @@ class WithOptionalLocale(EventPayload, frozen=True, kw_only=True):
     display_name: str
     role: Literal["user", "admin"]
     locale: str = "en"
+    tokens_valid_after: Instant | None = None
 
 
 class AccountRegistered(EventPayload, frozen=True, kw_only=True):
@@ -65,6 +73,7 @@ class AccountRegistered(EventPayload, frozen=True, kw_only=True):
     email: str
     display_name: str
     role: Literal["user", "admin"]
+    tokens_valid_after: Instant | None = None
 
 
 class UserRegisteredV2(EventPayload, frozen=True, kw_only=True):
