@@ -40,12 +40,13 @@ Email = Annotated[
 Password = Annotated[str, Meta(min_length=10, max_length=128)]
 DisplayName = Annotated[
     str,
-    # No control character, lone surrogate, line or paragraph separator or bidi control: what
-    # shared.addresses.check_display_name refuses, said in the document too.
+    # No control character, line or paragraph separator or bidi control: what
+    # shared.addresses.check_display_name refuses, said in the document too (a lone surrogate,
+    # also refused, is no character a JSON text in UTF-8 can carry).
     Meta(
         min_length=1,
         max_length=100,
-        pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+$",
+        pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]+$",
     ),
 ]
 Role = Literal["user", "admin"]
