@@ -25,6 +25,7 @@ from shared.health import ReadinessCheck, create_health_controller
 from shared.internal_port import Answer, metrics_answer, start_internal_server
 from shared.openapi import StrictStructSchemaPlugin, allow_every_method, document_operations, openapi_config
 from shared.pagination import provide_page_request
+from shared.settings import SettingsError, variable_name
 from shared.strict_json import refuse_loose_json
 from shared.telemetry import RouteSpanNameMiddleware, configure_logging, configure_tracing
 
@@ -81,6 +82,9 @@ class ServiceApp:
 
 def verifier_from_settings(settings: ServiceSettings, audience: str) -> TokenVerifier:
     """A verifier that trusts the configured public keys, or users' JWKS when only a URL is set."""
+    if not settings.jwt_public_keys.strip() and not settings.jwks_url.strip():
+        names = " or ".join(variable_name(audience, field) for field in ("jwt_public_keys", "jwks_url"))
+        raise SettingsError(f"{names} must be set: nothing else verifies access tokens")
     return TokenVerifier(
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience or audience,
@@ -156,6 +160,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                     user=settings.nats_user,
                     password=settings.nats_password,
                     inbox_prefix=inbox_prefix(app_config.name),
+                    connect_timeout=settings.nats_connect_timeout_seconds,
                 )
                 runtime["nats"] = app.state.nats = connection
             if app_config.token_revocations is not None:

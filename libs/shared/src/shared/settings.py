@@ -205,9 +205,44 @@ def _check_nats_url(value: Any) -> str | None:
     return None
 
 
+def _check_private_key(value: Any) -> str | None:
+    if not str(value).strip():
+        return None  # the service says whether it needs one
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(str(value).encode(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    return None if isinstance(key, Ed25519PrivateKey) else "not an unencrypted Ed25519 private key in PEM (PKCS#8)"
+
+
+def _check_public_keys(value: Any) -> str | None:
+    if not str(value).strip():
+        return None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    marker = "-----END PUBLIC KEY-----"
+    blocks = [block for block in str(value).split(marker) if "-----BEGIN PUBLIC KEY-----" in block]
+    if not blocks:
+        return "holds no PEM public key (-----BEGIN PUBLIC KEY-----)"
+    for block in blocks:
+        try:
+            key = serialization.load_pem_public_key(f"{block.strip()}\n{marker}\n".encode())
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, Ed25519PublicKey):
+            return "holds a PEM block that is not an Ed25519 public key"
+    return None
+
+
 _FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "database_url": _check_database_url,
     "nats_url": _check_nats_url,
+    "jwt_private_key": _check_private_key,
+    "jwt_public_keys": _check_public_keys,
 }
 """Checks beyond the type, by field name, for the fields every service has."""
 

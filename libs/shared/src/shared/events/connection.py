@@ -12,7 +12,7 @@ the bounded connect below works. Hence: never call nats-py without at least one 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import nats
@@ -117,32 +117,53 @@ async def connect_nats(
         log.info("nats reconnected")
 
     log.info("connecting to nats", servers=urls, timeout=connect_timeout)
-    try:
-        return await asyncio.wait_for(
-            nats.connect(
-                servers=urls,
-                name=name,
-                user=user or None,
-                password=password or None,
-                inbox_prefix=inbox_prefix,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=min(connect_timeout, 2.0),
-                ping_interval=10,
-                max_outstanding_pings=3,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-            ),
-            timeout=connect_timeout,
+    # Not asyncio.wait_for: nats-py's attempts are themselves wait_for calls whose inner connect
+    # fails at once on a refused port, and Python 3.11's wait_for drops a cancellation that lands
+    # just then (bpo-42130). One cancel can be lost; cancelling until the task is done cannot.
+    attempt = asyncio.ensure_future(
+        nats.connect(
+            servers=urls,
+            name=name,
+            user=user or None,
+            password=password or None,
+            inbox_prefix=inbox_prefix,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=min(connect_timeout, 2.0),
+            ping_interval=10,
+            max_outstanding_pings=3,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
         )
-    except TimeoutError as error:
+    )
+    try:
+        await asyncio.wait({attempt}, timeout=connect_timeout)
+    except asyncio.CancelledError:
+        await _cancel_until_done(attempt)
+        raise
+    if not attempt.done():
+        await _cancel_until_done(attempt)
         # With endless reconnects a refused password looks like a hang: name the last error seen.
         # The server's refusal is the cause; a reset that follows it is only its echo.
         refusals = [error for error in errors if "Authorization" in error or "Authentication" in error]
         reason = (refusals or errors or ["no answer"])[-1]
         raise NatsUnavailableError(
             f"could not connect to NATS at {', '.join(urls)} within {connect_timeout:g}s: {reason}"
-        ) from error
+        )
+    try:
+        return attempt.result()
     except (nats.errors.Error, OSError) as error:
         raise NatsUnavailableError(f"could not connect to NATS at {', '.join(urls)}: {error}") from error
+
+
+async def _cancel_until_done(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` again and again until it has really finished (see connect_nats)."""
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=0.2)
+        except asyncio.CancelledError:
+            continue  # the caller is being cancelled too: finish this first, the caller re-raises
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
