@@ -539,15 +539,18 @@ class UserService:
 
     async def _give_back_attempt(self, email: str, address: str, window_start: datetime.datetime) -> None:
         """A successful password check does not count against the limits (joins the caller's transaction)."""
-        await self.session.execute(
-            update(LoginThrottle)
-            .where(
-                tuple_(LoginThrottle.scope, LoginThrottle.key).in_([("account", email), ("address", address)]),
-                LoginThrottle.window_start == window_start,
-                LoginThrottle.attempts > 0,
+        # Row by row, account first: the same lock order as taking an attempt, so the two cannot deadlock.
+        for scope, key in (("account", email), ("address", address)):
+            await self.session.execute(
+                update(LoginThrottle)
+                .where(
+                    LoginThrottle.scope == scope,
+                    LoginThrottle.key == key,
+                    LoginThrottle.window_start == window_start,
+                    LoginThrottle.attempts > 0,
+                )
+                .values(attempts=LoginThrottle.attempts - 1)
             )
-            .values(attempts=LoginThrottle.attempts - 1)
-        )
 
     def _over_limit(self, counts: dict[str, int]) -> bool:
         return (
