@@ -7,10 +7,12 @@ default:
     @just --list
 
 # start Postgres, NATS and the services under .data/ (Ctrl-C stops everything); --fresh wipes .data/ first
+[no-exit-message]
 up *args:
-    python -m shared.devstack {{args}}
+    @python -m shared.devstack {{args}}
 
 # print the export lines one service's CLI needs against the running `just up`: eval "$(uv run just env users)"
+[no-exit-message]
 env service *args:
     @python -m shared.devstack env {{service}} {{args}}
 
@@ -19,6 +21,7 @@ demo:
     python scripts/demo.py
 
 # wipe the local stack's data (.data/); refused while `just up` runs on it
+[no-exit-message]
 reset:
     @python -m shared.devstack reset
 
@@ -38,10 +41,10 @@ asyncapi:
 
 # benchmarks, each against a baseline measured in the same run (~1 minute); args go to the events pipeline
 bench *args:
-    python bench/events_pipeline.py {{args}}
-    python bench/order_reads.py
-    python bench/email.py
-    python bench/input_boundary.py
+    python -m bench.events_pipeline {{args}}
+    python -m bench.order_reads
+    python -m bench.email
+    python -m bench.input_boundary
 
 # format and fix what ruff can
 fmt:
@@ -55,6 +58,15 @@ lock *args:
 # migrate one service's schema to head, e.g. `just migrate users` (settings from USERS_* variables)
 migrate service:
     {{service}} migrate
+
+# build the three images with buildah against a base made from Debian packages (no Docker; cache: /var/cache/relay-images)
+images *services:
+    python scripts/images.py {{services}}
+
+# check the images `just images` built: their files, and migrate, api, worker run inside them as uid 10001
+images-check:
+    pytest -q tests/images
+    python scripts/images.py --report
 
 # render the Kubernetes overlays and check them offline: schemas, security, NATS config, Postgres SQL, hadolint
 k8s-check:

@@ -15,18 +15,10 @@ process, accepting and discarding), with the same messages:
 * **bytes** (for reference): the same emails built before the clock starts, then only sent: how
   fast this mail server takes email from this client at all.
 
-Run: ``uv run python bench/email.py [--emails N] [--concurrency C] [--senders K] [--batch B]``.
+Run: ``uv run python -m bench.email [--emails N] [--concurrency C] [--senders K] [--batch B]``.
 """
 
-# ruff: noqa: E402 - the standard library's email package must be reachable before the other imports
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder comes first on sys.path, and this file (bench/email.py) would
-# hide the standard library's ``email`` package from everything imported below.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import asyncio
@@ -35,9 +27,11 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiosmtplib

@@ -13,7 +13,7 @@ Latency runs from the moment the event is safe on the producer's side (outbox co
 publish acknowledged) to the moment the consumer's transaction holding the effect row has committed.
 Both instants are ``time.perf_counter()`` readings in this process, so no clocks are compared.
 
-Run: ``uv run python bench/events_pipeline.py [--events N] [--producers K] [--rate R]``.
+Run: ``uv run python -m bench.events_pipeline [--events N] [--producers K] [--rate R]``.
 """
 
 from __future__ import annotations

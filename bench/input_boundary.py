@@ -10,7 +10,7 @@ boundary's. The bodies: a small JSON object (a sign-in), the largest legal order
 A second table times the byte scan alone (``json_body_problem``) against decoding the same body
 with msgspec, which every JSON route does anyway.
 
-Run: ``uv run python bench/input_boundary.py [--requests N]``.
+Run: ``uv run python -m bench.input_boundary [--requests N]``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The known, unknown and deactivated lines run on an app whose limits are high eno
 so each line measures its own path. It prints each line's median and the known/unknown ratio (1.0 is
 the goal: every path costs one argon2 verify). Nothing is asserted: timings belong here, not in tests.
 
-Run: ``uv run python bench/login_timing.py [--samples N] [--runs R] [--time-cost T] [--memory-kib M]``.
+Run: ``uv run python -m bench.login_timing [--samples N] [--runs R] [--time-cost T] [--memory-kib M]``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Each read opens its own ``AsyncSession`` and closes it, as a request does; ``con
 read side by side over one engine whose pool holds as many connections. Latency is one read,
 session open to session closed.
 
-Run: ``uv run python bench/order_reads.py [--reads N] [--concurrency C] [--orders M]``.
+Run: ``uv run python -m bench.order_reads [--reads N] [--concurrency C] [--orders M]``.
 """
 
 from __future__ import annotations
