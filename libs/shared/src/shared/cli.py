@@ -165,8 +165,10 @@ def service_cli(
         from granian.constants import Interfaces
 
         # Build the app once here, so a setting only the app reads (a key, a URL) fails now, on
-        # one line, instead of in every granian worker with a traceback.
+        # one line, instead of in every granian worker with a traceback; the same for NATS.
         _resolve(app_factory)()
+        if settings.nats_url.strip():
+            asyncio.run(_probe_nats(settings, name))
         Granian(
             target=app_factory,
             factory=True,
@@ -333,6 +335,21 @@ async def _discard(name: str, worker: Worker, sequence: int | None, *, every: bo
         if not await letters.discard(number):
             raise CommandFailedError(name, f"no dead letter {number}")
         click.echo(f"{number}: discarded")
+
+
+async def _probe_nats(settings: ServiceSettings, name: str) -> None:
+    """Connect once, as the API's lifespan will, so a NATS that is down is one line, not a crash."""
+    from shared.events.connection import connect_nats
+
+    _quiet_logging()
+    connection = await connect_nats(
+        settings.nats_url,
+        name=f"{name}-api-probe",
+        user=settings.nats_user,
+        password=settings.nats_password,
+        connect_timeout=settings.nats_connect_timeout_seconds,
+    )
+    await connection.close()
 
 
 def _required(sequence: int | None) -> int:
