@@ -440,3 +440,12 @@ def test_fields_left_out_of_a_partial_update_keep_their_bounds_in_the_document(
                             assert documented == getattr(inner, attribute), (service.name, field.name, keyword)
                             checked += 1
     assert checked, "no bounded field of a partial update to check"
+
+
+async def test_a_second_process_on_a_taken_metrics_port_still_serves_its_api(orders: Service) -> None:
+    """Two granian workers of one API: the second cannot bind the metrics port, and keeps serving."""
+    port = free_port()
+    async with serve_app(orders.build(metrics_port=port)), serve_app(orders.build(metrics_port=port)) as second:
+        assert (await second.get("/health/live")).status_code == 200
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as internal:
+            assert (await internal.get("/metrics")).status_code == 200

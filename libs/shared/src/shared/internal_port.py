@@ -7,8 +7,10 @@ Prometheus is allowed to reach (the NetworkPolicies say so), as the workers' hea
 from __future__ import annotations
 
 import asyncio
+import errno
 from typing import TYPE_CHECKING
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 if TYPE_CHECKING:
@@ -18,6 +20,8 @@ __all__ = ("Answer", "metrics_answer", "start_internal_server")
 
 Answer = tuple[str, str, bytes]
 """An HTTP status line's tail (``"200 OK"``), a content type and a body."""
+
+log = structlog.get_logger("shared.internal_port")
 
 NOT_FOUND: Answer = ("404 Not Found", "application/problem+json", b'{"status":404,"title":"Not found"}')
 
@@ -29,11 +33,16 @@ def metrics_answer() -> Answer:
 
 async def start_internal_server(
     host: str, port: int, answer: Callable[[str], Awaitable[Answer | None]]
-) -> asyncio.Server:
+) -> asyncio.Server | None:
     """Listen on ``host:port`` and answer each GET with ``answer(path)`` (None: 404).
 
     A few lines of HTTP instead of a web framework: probes and Prometheus need nothing more, and
     nothing here shares the API's middleware, routes or documentation.
+
+    Returns:
+        The server; None when another process already listens there (a second granian worker of
+        the same API: the first one's metrics are served, this one's are not, and it says so
+        instead of failing to start).
     """
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -55,4 +64,10 @@ async def start_internal_server(
         finally:
             writer.close()
 
-    return await asyncio.start_server(serve, host, port)
+    try:
+        return await asyncio.start_server(serve, host, port)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        log.warning("internal port taken: this process's metrics are not served", host=host, port=port)
+        return None
