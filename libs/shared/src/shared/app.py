@@ -184,6 +184,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
             version=app_config.version,
             description=app_config.description or None,
             token_url=settings.token_url or app_config.token_url,
+            root_path=settings.root_path,
         )
         if settings.docs_enabled
         else None

@@ -35,7 +35,7 @@ from litestar.exceptions import ImproperlyConfiguredException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme
+from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme, Server
 from litestar.plugins.core._msgspec import kwarg_definition_from_field
 from litestar.response import ServerSentEvent
 from litestar.routes import HTTPRoute
@@ -127,8 +127,10 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
 class OfflineSwaggerUI(SwaggerRenderPlugin):
     """Swagger UI with its JavaScript, CSS and icon served by the service itself: no CDN."""
 
-    def __init__(self, *, path: str = "/") -> None:
-        assets = f"{DOCS_PATH}{ASSETS_PATH}"
+    def __init__(self, *, path: str = "/", root_path: str = "") -> None:
+        # Behind a proxy that strips ``root_path``, the browser asks for every URL with it (the
+        # document itself is inlined in the page; "Try it out" follows its ``servers``).
+        assets = f"{root_path}{DOCS_PATH}{ASSETS_PATH}"
         super().__init__(
             js_url=f"{assets}/swagger-ui-bundle.js",
             css_url=f"{assets}/swagger-ui.css",
@@ -147,7 +149,9 @@ class OfflineSwaggerUI(SwaggerRenderPlugin):
         )
 
 
-def openapi_config(*, title: str, version: str, description: str | None, token_url: str) -> OpenAPIConfig:
+def openapi_config(
+    *, title: str, version: str, description: str | None, token_url: str, root_path: str = ""
+) -> OpenAPIConfig:
     """The OpenAPI configuration every service uses: the page at ``/docs``, the JSON at ``/docs/openapi.json``.
 
     Args:
@@ -156,6 +160,8 @@ def openapi_config(*, title: str, version: str, description: str | None, token_u
         description: A paragraph about the service.
         token_url: Where users' ``POST /auth/token`` answers (the OAuth2 password flow Swagger UI
             signs in with); empty leaves only the bearer scheme.
+        root_path: The path prefix a proxy strips before forwarding (``/users``): the document's
+            ``servers`` and the page's links start with it; empty: served at the root.
     """
     schemes: dict[str, SecurityScheme | Reference] = {
         "BearerToken": SecurityScheme(
@@ -173,7 +179,8 @@ def openapi_config(*, title: str, version: str, description: str | None, token_u
         version=version,
         description=description,
         path=DOCS_PATH,
-        render_plugins=[OfflineSwaggerUI(path="/"), JsonRenderPlugin(path="/openapi.json")],
+        render_plugins=[OfflineSwaggerUI(path="/", root_path=root_path), JsonRenderPlugin(path="/openapi.json")],
+        servers=[Server(url=root_path or "/")],
         components=Components(security_schemes=schemes),
         use_handler_docstrings=True,
     )

@@ -8,6 +8,7 @@ instead, so Kubernetes Secrets can be mounted as files. Lists are comma separate
 from __future__ import annotations
 
 import os
+import re
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -58,6 +59,10 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     """Address of the API process's internal ``/metrics`` port."""
     metrics_port: int = 0
     """Internal port of the API process's Prometheus ``/metrics`` (never on the public port); 0 turns it off."""
+    root_path: str = ""
+    """Path prefix clients reach this API under (``/users``) through a proxy that strips it before
+    forwarding (the prod Ingress); the OpenAPI document's ``servers`` and Swagger UI's links carry it.
+    Empty: served at the root."""
     docs_enabled: bool = True
     """Serve the OpenAPI document and Swagger UI at ``/docs`` (production turns it off)."""
     token_url: str = ""
@@ -238,9 +243,20 @@ def _check_public_keys(value: Any) -> str | None:
     return None
 
 
+def _check_root_path(value: Any) -> str | None:
+    path = str(value)
+    if path and not _ROOT_PATH.fullmatch(path):
+        return "a path prefix starts with / and does not end with one, like /users (empty: the root)"
+    return None
+
+
+# Unreserved URL characters only: the prefix is written into the OpenAPI document and into links.
+_ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
 _FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "database_url": _check_database_url,
     "nats_url": _check_nats_url,
+    "root_path": _check_root_path,
     "jwt_private_key": _check_private_key,
     "jwt_public_keys": _check_public_keys,
 }
