@@ -271,7 +271,8 @@ async def test_each_app_names_its_prod_root_path_in_its_openapi_servers(
 ) -> None:
     service, settings = service_settings
     prefix = prefix_of(prod, service)
-    app = APPS[service](msgspec.structs.replace(settings, root_path=prefix, docs_enabled=True))
+    token_url = config(prod, service).get(f"{service.upper()}_TOKEN_URL", "")
+    app = APPS[service](msgspec.structs.replace(settings, root_path=prefix, docs_enabled=True, token_url=token_url))
     async with serve_app(app) as client:
         document = (await client.get("/docs/openapi.json")).json()
         page = (await client.get("/docs")).text
@@ -282,6 +283,10 @@ async def test_each_app_names_its_prod_root_path_in_its_openapi_servers(
             assert asset.startswith(f"{prefix}/docs/assets/"), asset
             assert (await client.get(asset.removeprefix(prefix))).status_code == 200, asset
     assert document["servers"] == [{"url": prefix}]
+    # Swagger UI signs in at users' /auth/token: users' own default follows its prefix; the others
+    # are given the public URL (kustomization.yaml), which the routing test follows.
+    signs_in_at = document["components"]["securitySchemes"]["OAuth2"]["flows"]["password"]["tokenUrl"]
+    assert signs_in_at == (token_url or f"{prefix}/auth/token")
     # The routes the public URLs lead to exist at the root of the app, where the proxy sends them.
     wanted = {"users": "/auth/token", "orders": "/products", "notify": "/notifications/unsubscribe"}[service]
     assert wanted in document["paths"]

@@ -123,6 +123,10 @@ def _readiness_checks(
     return checks
 
 
+def _under(root_path: str, url: str) -> str:
+    return f"{root_path}{url}" if url.startswith("/") else url
+
+
 def create_service_app(app_config: ServiceApp) -> Litestar:
     """Build a service's Litestar app with everything services share.
 
@@ -183,7 +187,8 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
             title=f"Relay Shop · {app_config.name}",
             version=app_config.version,
             description=app_config.description or None,
-            token_url=settings.token_url or app_config.token_url,
+            # The service's own default is a path on this service: under its prefix behind the proxy.
+            token_url=settings.token_url or _under(settings.root_path, app_config.token_url),
             root_path=settings.root_path,
         )
         if settings.docs_enabled
