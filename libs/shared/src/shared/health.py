@@ -10,6 +10,8 @@ from litestar import Controller, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import Counter, Gauge
 
+from shared.db import database_failure_reason
+
 __all__ = ("READINESS_CHANGES", "READY", "HealthReport", "ReadinessCheck", "create_health_controller", "run_checks")
 
 READY = Gauge("relay_ready", "1 when the last readiness check of this process passed, 0 when it failed.")
@@ -41,7 +43,8 @@ async def run_checks(checks: dict[str, ReadinessCheck], timeout_seconds: float =
         except TimeoutError:
             return "timed out"
         except Exception as error:  # noqa: BLE001 - a failing check is a report, not a crash
-            return f"{type(error).__name__}: {error}"
+            # One line, without SQLAlchemy's statement and "Background on this error" link.
+            return f"{type(error).__name__}: {database_failure_reason(error)}"
         return problem or "ok"
 
     names = list(checks)
