@@ -312,3 +312,19 @@ def test_a_root_path_is_a_clean_path_prefix(value: str) -> None:
 def test_any_other_root_path_is_refused_by_name(value: str) -> None:
     with pytest.raises(SettingsError, match=r"^USERS_ROOT_PATH: a path prefix starts with /"):
         load_settings(ServiceSettings, "users", {"USERS_DATABASE_URL": "postgresql://x/y", "USERS_ROOT_PATH": value})
+
+
+def test_cert_manager_can_answer_an_http01_challenge_through_the_ingress(prod: list[Manifest]) -> None:
+    # default-deny covers the solver pod cert-manager starts here; without a way in from the ingress
+    # controller the certificate is never issued.
+    solver = {"acme.cert-manager.io/http01-solver": "true"}
+    policies = [
+        doc
+        for doc in prod
+        if doc["kind"] == "NetworkPolicy" and doc["spec"]["podSelector"] and matches(doc["spec"]["podSelector"], solver)
+    ]
+    (policy,) = policies
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"relay-shop/ingress": "true"}}}]
+    assert rule["ports"] == [{"port": 8089, "protocol": "TCP"}]
+    assert not policy["spec"].get("egress")
