@@ -95,3 +95,23 @@ def test_scaling_by_the_part_of_label_stops_every_writer(prod: list[Manifest]) -
     writers = [w for w in writers if pod_labels(w).get("app.kubernetes.io/component") in ("api", "worker")]
     assert len(writers) == 6
     assert all(w["metadata"]["labels"].get(key) == value for w in writers)
+
+
+def test_the_restore_brings_back_every_deployment_it_stopped(prod: list[Manifest]) -> None:
+    # `kubectl apply -k` restores only replicas the overlay sets; an HPA leaves a Deployment at 0
+    # alone. So whatever has no replicas in the overlay must be scaled back by the README.
+    text = README.read_text()
+    scaled_back = dict(re.findall(r"scale deployment -l (\S+) --replicas=([1-9][0-9]*)", text))
+    stopped = [w for w, _ in workloads(prod) if w["kind"] == "Deployment"]
+    for deployment in stopped:
+        if "replicas" in deployment["spec"]:
+            continue
+        labels = deployment["metadata"]["labels"]
+        back = [
+            int(n)
+            for selector, n in scaled_back.items()
+            if labels.get(selector.split("=")[0]) == selector.split("=")[1]
+        ]
+        assert back, f"{deployment['metadata']['name']} stays at 0 after the restore"
+        hpa = named(prod, "HorizontalPodAutoscaler", deployment["metadata"]["name"])
+        assert back[0] >= hpa["spec"]["minReplicas"]
