@@ -239,13 +239,20 @@ async def test_the_password_flow_form_swagger_ui_posts_gets_a_token(users: Servi
             "/auth/register", json={"email": email, "password": "swagger password", "display_name": "S"}
         )
         assert registered.status_code == 201, registered.text
-        # What Swagger UI sends for the password flow (client id and secret empty).
+        # What Swagger UI sends for the password flow: the form, X-Requested-With, and the (empty)
+        # client id and secret as HTTP Basic client credentials (RFC 6749 2.3.1).
         token = await client.post(
             "/auth/token",
-            data={"grant_type": "password", "username": email, "password": "swagger password", "client_id": ""},
+            data={"grant_type": "password", "username": email, "password": "swagger password"},
+            headers={"Authorization": "Basic Og==", "X-Requested-With": "XMLHttpRequest"},
         )
         assert token.status_code == 200, token.text
         assert token.json()["token_type"] == "bearer"
+        # Basic credentials mean nothing anywhere else.
+        assert (await client.get("/users/me", headers={"Authorization": "Basic Og=="})).status_code == 401
+        assert (
+            await client.post("/auth/refresh", json={"refresh_token": "x"}, headers={"Authorization": "Basic Og=="})
+        ).status_code == 401
 
 
 async def test_a_page_on_an_allowed_origin_may_send_the_headers_it_needs_and_read_the_answer(service: Service) -> None:
@@ -257,13 +264,15 @@ async def test_a_page_on_an_allowed_origin_may_send_the_headers_it_needs_and_rea
                 headers={
                     "Origin": ORIGIN,
                     "Access-Control-Request-Method": "POST",
-                    "Access-Control-Request-Headers": "authorization,content-type,idempotency-key,last-event-id",
+                    "Access-Control-Request-Headers": ",".join(header.lower() for header in CORS_ALLOW_HEADERS),
                 },
             )
             assert preflight.status_code in (200, 204), (path, preflight.status_code)
             assert preflight.headers["access-control-allow-origin"] == ORIGIN
             allowed = {item.strip().lower() for item in preflight.headers["access-control-allow-headers"].split(",")}
             assert {header.lower() for header in CORS_ALLOW_HEADERS} <= allowed, path
+            # What a shop page needs: sign in, order idempotently, resume the stream, and Swagger UI's sign-in.
+            assert {"authorization", "content-type", "idempotency-key", "last-event-id", "x-requested-with"} <= allowed
         refused = await client.options(
             "/health/live", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
         )

@@ -42,7 +42,15 @@ __all__ = ("CORS_ALLOW_HEADERS", "CORS_EXPOSE_HEADERS", "ServiceApp", "create_se
 
 _UNAUTHENTICATED_PATHS = ("/health", "/docs")
 
-CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "traceparent", "tracestate")
+CORS_ALLOW_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Idempotency-Key",
+    "Last-Event-ID",
+    "traceparent",
+    "tracestate",
+    "X-Requested-With",  # Swagger UI's OAuth2 token request sends it
+)
 """Request headers a page on an allowed origin may send (``*`` would not cover ``Authorization``)."""
 CORS_EXPOSE_HEADERS = ("Location", "Retry-After", "Idempotent-Replayed", "WWW-Authenticate")
 """Response headers such a page may read."""

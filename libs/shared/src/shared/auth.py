@@ -304,6 +304,10 @@ class AuthenticationMiddleware(ASGIMiddleware):
     A request without a token passes through anonymous (guards decide whether that is enough);
     a request with an invalid token is refused at once with 401, and so is a token issued before
     its account's tokens were revoked, when ``revocations`` is given.
+
+    An OAuth2 token endpoint (a handler with ``opt["oauth2_token_endpoint"]``) also takes HTTP
+    Basic client credentials (RFC 6749 §2.3.1; Swagger UI sends them, empty, by default): there
+    they authenticate a client, not a user, and the request goes on anonymous.
     """
 
     def __init__(self, verifier: TokenVerifier, revocations: TokenRevocations | None = None) -> None:
@@ -316,6 +320,9 @@ class AuthenticationMiddleware(ASGIMiddleware):
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
+                handler = scope.get("route_handler")
+                if scheme.lower() == "basic" and handler is not None and handler.opt.get("oauth2_token_endpoint"):
+                    break
                 if scheme.lower() != "bearer" or not token.strip():
                     raise Unauthorized("Use 'Authorization: Bearer <access token>'.")
                 principal = await self.verifier.verify(token.strip())

@@ -58,7 +58,13 @@ class AuthController(Controller):
         """Sign in with email and password as JSON. Rate-limited per account and per client address."""
         return await users.login(email=data.email, password=data.password, client_address=client_address)
 
-    @post("/token", status_code=HTTP_200_OK, operation_id="token", domain_errors=(TooManyRequests,))
+    @post(
+        "/token",
+        status_code=HTTP_200_OK,
+        operation_id="token",
+        domain_errors=(TooManyRequests,),
+        oauth2_token_endpoint=True,  # HTTP Basic client credentials are accepted (and ignored) here
+    )
     async def token(self, data: URLEncodedBody[LoginForm], users: Users, client_address: ClientAddress) -> TokenPair:
         """Sign in with the OAuth2 password grant form (``username`` is the email)."""
         return await users.login(email=data.username, password=data.password, client_address=client_address)
