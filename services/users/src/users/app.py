@@ -78,6 +78,6 @@ def create_app(
             token_revocations=TokenRevocations(
                 User.id, User.tokens_valid_after, poll_seconds=settings.token_revocation_poll_seconds
             ),
-            token_url="/auth/token",
+            token_url="/auth/token",  # noqa: S106 - an endpoint path, not a password
         )
     )
