@@ -133,7 +133,14 @@ class RunningStack:
 
 @pytest.fixture(scope="session")
 def stack_ports() -> StackPorts:
-    return StackPorts(**{name: free_port() for name in StackPorts.__dataclass_fields__})
+    # free_port() may hand out a port it handed out before (it is free again once probed): draw
+    # until every port of the stack is a different one.
+    ports: dict[str, int] = {}
+    for name in StackPorts.__dataclass_fields__:
+        while (port := free_port()) in ports.values():
+            pass
+        ports[name] = port
+    return StackPorts(**ports)
 
 
 @pytest.fixture(scope="session")
