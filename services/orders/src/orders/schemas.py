@@ -10,6 +10,10 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 __all__ = (
+    "MAX_LINES",
+    "MAX_ORDER_TOTAL",
+    "MAX_PRICE",
+    "MAX_QUANTITY",
     "OrderItem",
     "OrderLineOut",
     "OrderOut",
@@ -23,8 +27,18 @@ __all__ = (
     "Restock",
 )
 
+MAX_PRICE = 1_000_000_000
+"""The dearest product, in minor units (10 million EUR)."""
+MAX_QUANTITY = 1000
+"""Most units of one product in one order."""
+MAX_LINES = 50
+"""Most lines in one order."""
+MAX_ORDER_TOTAL = MAX_PRICE * MAX_QUANTITY * MAX_LINES
+"""5 * 10**13: fits the 64-bit money columns with room to spare, and stays below 2**53, so a
+JavaScript client reads every total exactly."""
+
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, like EUR.")]
-MinorUnits = Annotated[int, Meta(ge=0, le=1_000_000_000, description="Price in minor units (cents).")]
+MinorUnits = Annotated[int, Meta(ge=0, le=MAX_PRICE, description="Price in minor units (cents).")]
 Sku = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 ProductName = Annotated[str, Meta(min_length=1, max_length=200)]
 Description = Annotated[str, Meta(max_length=5000)]
@@ -86,13 +100,13 @@ class OrderItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """How many of one product."""
 
     product_id: uuid.UUID
-    quantity: Annotated[int, Meta(ge=1, le=1000)]
+    quantity: Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
 
 
 class PlaceOrder(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """An order: 1 to 50 lines, each product at most once. Prices come from the catalog, not the client."""
 
-    items: Annotated[list[OrderItem], Meta(min_length=1, max_length=50)]
+    items: Annotated[list[OrderItem], Meta(min_length=1, max_length=MAX_LINES)]
 
 
 class OrderLineOut(msgspec.Struct, frozen=True):
