@@ -193,12 +193,14 @@ async def test_image_migrates_waits_and_serves_api_and_worker(
     docs = render("dev")
     config = generated(docs, "ConfigMap", f"{service}-config")["data"]
     prefix = service.upper()
-    ports = {"api": free_port(), "worker": free_port()}
+    ports = {"api": free_port(), "worker": free_port(), "api_metrics": free_port()}
     overrides = {
         f"{prefix}_HTTP_HOST": "127.0.0.1",
         f"{prefix}_WORKER_HEALTH_HOST": "127.0.0.1",
         f"{prefix}_HTTP_PORT": str(ports["api"]),
         f"{prefix}_WORKER_HEALTH_PORT": str(ports["worker"]),
+        f"{prefix}_METRICS_HOST": "127.0.0.1",
+        f"{prefix}_METRICS_PORT": str(ports["api_metrics"]),
         f"{prefix}_NATS_URL": nats_server.url,
         "OTEL_TRACES_EXPORTER": "none",  # no collector here
     }
@@ -237,7 +239,10 @@ async def test_image_migrates_waits_and_serves_api_and_worker(
             assert ready.json()["checks"] == {"database": "ok", "nats": "ok"}
             async with httpx.AsyncClient(timeout=5) as client:
                 assert (await client.get(f"{base}/health/live")).status_code == 200
-                assert (await client.get(f"{base}/metrics")).status_code == 200
+                # The api serves /metrics on its internal port only; the worker beside its health routes.
+                metrics = f"http://127.0.0.1:{ports['api_metrics']}" if component == "api" else base
+                assert (await client.get(f"{base}/metrics")).status_code == (404 if component == "api" else 200)
+                assert (await client.get(f"{metrics}/metrics")).status_code == 200
     finally:
         for process in processes.values():
             if process.poll() is None:

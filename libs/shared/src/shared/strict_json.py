@@ -14,6 +14,7 @@ so it is accepted where an integer is documented.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,14 +27,15 @@ if TYPE_CHECKING:
 __all__ = ("refuse_loose_json",)
 
 _NOTHING = object()
-_types: dict[int, Any] = {}
+# Keyed by the handler object, not id(): a process that builds several apps (tests do) frees
+# handlers, and a reused id would decode one route's body with another route's type.
+_types: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _body_type(request: Request[Any, Any, Any]) -> Any:
     """The handler's JSON body type, or ``_NOTHING`` (no body, not JSON, or not a type msgspec knows)."""
     handler = request.route_handler
-    key = id(handler)
-    if key not in _types:
+    if handler not in _types:
         body_type: Any = _NOTHING
         field = handler.parsed_data_field
         media_type = getattr(field.kwarg_definition, "media_type", None) if field is not None else None
@@ -43,8 +45,8 @@ def _body_type(request: Request[Any, Any, Any]) -> Any:
                 body_type = field.annotation
             except TypeError:  # a type msgspec cannot decode by itself: Litestar's decoding only
                 body_type = _NOTHING
-        _types[key] = body_type
-    return _types[key]
+        _types[handler] = body_type
+    return _types[handler]
 
 
 def _integral_floats_as_ints(value: Any) -> Any:
