@@ -21,6 +21,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -245,7 +246,10 @@ async def test_deactivations_through_the_worker_racing_placements_are_never_retr
             still_open = await connection.scalar(
                 select(func.count()).select_from(Order).where(Order.user_id.in_(list(victims)), Order.status.in_(OPEN))
             )
-        info = await jetstream.consumer_info("USERS", consumer)
+        try:
+            info = await jetstream.consumer_info("USERS", consumer)
+        except NotFoundError:  # the worker has not created its durable consumer yet
+            return False
         return still_open == 0 and info.num_pending == 0 and info.num_ack_pending == 0
 
     async def deactivate_through_the_worker() -> None:
