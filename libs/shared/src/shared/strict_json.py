@@ -14,7 +14,6 @@ so it is accepted where an integer is documented.
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,15 +26,17 @@ if TYPE_CHECKING:
 __all__ = ("refuse_loose_json",)
 
 _NOTHING = object()
-# Keyed by the handler object, not id(): a process that builds several apps (tests do) frees
-# handlers, and a reused id would decode one route's body with another route's type.
-_types: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# Keyed by id(), with the handler kept in the value: a process that builds several apps (tests do)
+# would otherwise free handlers, and a reused id would decode one route's body with another route's
+# type. (Not a WeakKeyDictionary: Litestar's generated OPTIONS handlers cannot be weakly referenced.)
+_types: dict[int, tuple[Any, Any]] = {}
 
 
 def _body_type(request: Request[Any, Any, Any]) -> Any:
     """The handler's JSON body type, or ``_NOTHING`` (no body, not JSON, or not a type msgspec knows)."""
     handler = request.route_handler
-    if handler not in _types:
+    known = _types.get(id(handler))
+    if known is None or known[0] is not handler:
         body_type: Any = _NOTHING
         field = handler.parsed_data_field
         media_type = getattr(field.kwarg_definition, "media_type", None) if field is not None else None
@@ -45,8 +46,8 @@ def _body_type(request: Request[Any, Any, Any]) -> Any:
                 body_type = field.annotation
             except TypeError:  # a type msgspec cannot decode by itself: Litestar's decoding only
                 body_type = _NOTHING
-        _types[handler] = body_type
-    return _types[handler]
+        known = _types[id(handler)] = (handler, body_type)
+    return known[1]
 
 
 def _integral_floats_as_ints(value: Any) -> Any:
