@@ -206,6 +206,10 @@ def build_images(services: tuple[str, ...] = SERVICES) -> dict[str, object]:
                 f"BASE_IMAGE={base}",
                 "--build-arg",
                 f"REVISION={commit}",
+                # buildah's layer cache does not key the Dockerfile's LABEL step on build-arg values: a
+                # build at a new commit reused the old revision label. A label given here is set at commit.
+                "--label",
+                f"org.opencontainers.image.revision={commit}",
                 "--file",
                 f"services/{service}/Dockerfile",
                 "--tag",
