@@ -22,16 +22,11 @@ import argparse
 import asyncio
 import contextlib
 import secrets
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import nats
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -41,19 +36,23 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
+from devtools.stack.servers import NatsServer, PostgresServer
 from shared.db import provision_service_role
-from shared.devstack.servers import NatsServer, PostgresServer
 from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import UserRegistered, decode_event, encode_event, new_envelope
 from shared.events.outbox import Outbox, OutboxRelay
 from shared.events.streams import ConsumerSpec, ensure_consumer, ensure_streams
 from shared.events.tables import define_event_tables
 
+from .harness import bench_servers, interrupt_guard, run
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterator
 
     from nats.js.client import JetStreamContext
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from .harness import NatsServer, PostgresServer
 
 SERVICE = "bench"
 STREAM = "USERS"
@@ -215,8 +214,8 @@ class Bench:
             spec=PIPELINE_SPEC,
             handlers=handlers,
             session_maker=self.consumer_sessions(timeline),
-            tables=TABLES,
             js=self.js,
+            outbox=outbox,
             batch_size=CONSUMER_BATCH,
             fetch_timeout=FETCH_TIMEOUT_SECONDS,
         )
@@ -385,58 +384,19 @@ def report(
     )
 
 
-# Signals received: a run that saw one ends with "interrupted", not with the errors of servers that
-# a terminal's Ctrl-C stopped at the same moment (they share our process group).
-_signals_received: list[int] = []
-
-
-def _interrupt_outside_loop(signum: int, _frame: Any) -> NoReturn:
-    # Without a handler, SIGTERM would end the process without the finally that stops the servers.
-    _signals_received.append(signum)
-    raise KeyboardInterrupt
-
-
-def _interrupt_loop(task: asyncio.Task[None], signum: int) -> None:
-    _signals_received.append(signum)
-    task.cancel()  # the benchmark unwinds through its finally blocks: workers stopped, pools closed
-
-
-async def interruptible(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` so that SIGINT and SIGTERM cancel it instead of killing the process."""
-    task = asyncio.ensure_future(main)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _interrupt_loop, task, signum)
-    await task
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--events", type=int, default=2000, help="events per line (default 2000)")
     parser.add_argument("--producers", type=int, default=8, help="concurrent producers (default 8)")
     parser.add_argument("--rate", type=float, default=100.0, help="events/s offered in the steady phase (default 100)")
     args = parser.parse_args()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt_outside_loop)
-    root = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    root.chmod(0o755)  # the unprivileged Postgres account must traverse it when we run as root
-    postgres = PostgresServer(root / "postgres")
-    nats_server = NatsServer(root / "nats")
-    try:
-        postgres.start()
-        nats_server.start()
-        run = benchmark(postgres, nats_server, events=args.events, producers=args.producers, rate=args.rate)
-        asyncio.run(interruptible(run))
-    except BaseException:
-        if not _signals_received:
-            raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        nats_server.stop()
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
+    with interrupt_guard(), bench_servers(nats=True) as servers:
+        assert servers.nats is not None
+        run(
+            benchmark(
+                servers.postgres, servers.nats, events=args.events, producers=args.producers, rate=args.rate
+            )
+        )
 
 if __name__ == "__main__":
     main()

@@ -24,39 +24,35 @@ import datetime
 import gc
 import random
 import secrets
-import shutil
-import signal
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, cast
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from uuid_utils.compat import uuid7
 
+from devtools.stack.servers import PostgresServer
 from orders.app import DATABASE
-from orders.models import EVENT_TABLES, Order, OrderLine, Product
+from orders.models import OUTBOX, Order, OrderLine, Product
 from orders.schemas import OrderLineOut, OrderOut
 from orders.service import OrderService
 from orders.settings import OrdersSettings
 from shared.auth import Principal
 from shared.db import provision_service_role
-from shared.devstack.servers import PostgresServer
 from shared.errors import NotFound
-from shared.events.outbox import Outbox
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine
+    from collections.abc import Awaitable, Callable
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from orders.schemas import OrderStatus
+
+    from .harness import PostgresServer
 
 SERVICE = "orders"
 PRODUCTS = 200
@@ -133,7 +129,7 @@ class Bench:
     concurrency: int
 
     def __post_init__(self) -> None:
-        self.outbox = Outbox(EVENT_TABLES, source=SERVICE)
+        self.outbox = OUTBOX
         # An administrator sees every order, so any id is a hit for both lines.
         self.admin = Principal(id=uuid.uuid4(), roles=frozenset({"admin"}), token_id="bench", expires_at=0)  # noqa: S106 - a token id, not a secret
 
@@ -288,55 +284,14 @@ def report(results: tuple[LineResult, LineResult], *, orders: int, concurrency: 
     )
 
 
-# Signals received: a run that saw one ends with "interrupted", not with the errors of a server that
-# a terminal's Ctrl-C stopped at the same moment (it shares our process group).
-_signals_received: list[int] = []
-
-
-def _interrupt_outside_loop(signum: int, _frame: Any) -> NoReturn:
-    # Without a handler, SIGTERM would end the process without the finally that stops the server.
-    _signals_received.append(signum)
-    raise KeyboardInterrupt
-
-
-def _interrupt_loop(task: asyncio.Task[None], signum: int) -> None:
-    _signals_received.append(signum)
-    task.cancel()  # the benchmark unwinds through its finally blocks: the pool is closed
-
-
-async def interruptible(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` so that SIGINT and SIGTERM cancel it instead of killing the process."""
-    task = asyncio.ensure_future(main)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _interrupt_loop, task, signum)
-    await task
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--reads", type=int, default=5000, help="measured reads per line (default 5000)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent readers and pool size (default 8)")
     parser.add_argument("--orders", type=int, default=1000, help="orders seeded (default 1000)")
     args = parser.parse_args()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt_outside_loop)
-    root = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    root.chmod(0o755)  # the unprivileged Postgres account must traverse it when we run as root
-    postgres = PostgresServer(root / "postgres")
-    try:
-        postgres.start()
-        run = benchmark(postgres, reads=args.reads, concurrency=args.concurrency, orders=args.orders)
-        asyncio.run(interruptible(run))
-    except BaseException:
-        if not _signals_received:
-            raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
+    with interrupt_guard(), bench_servers() as servers:
+        run(benchmark(servers.postgres, reads=args.reads, concurrency=args.concurrency, orders=args.orders))
 
 if __name__ == "__main__":
     main()

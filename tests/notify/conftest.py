@@ -12,15 +12,16 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import func, pool, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from devtools.stack.servers import free_port
+from devtools.testing import prepare_service_database, serve_app, truncate_schema
 from notify.app import DATABASE, create_app
 from notify.events import NotificationPipeline
 from notify.live import LivePublisher
-from notify.models import EVENT_TABLES, Contact, EmailDelivery, Notification
+from notify.models import EVENT_TABLES, OUTBOX, Contact, EmailDelivery, Notification
 from notify.settings import NotifySettings
 from notify.templates import NotificationTemplates
 from notify.tokens import UnsubscribeLinks
 from notify.worker import worker_plan
-from shared.devstack.servers import free_port
 from shared.events.consumer import EventContext
 from shared.events.contracts import (
     EventPayload,
@@ -30,8 +31,6 @@ from shared.events.contracts import (
     encode_event,
     new_envelope,
 )
-from shared.events.outbox import Outbox
-from shared.testing import prepare_service_database, serve_app, truncate_schema
 from shared.worker import Worker
 
 if TYPE_CHECKING:
@@ -42,8 +41,8 @@ if TYPE_CHECKING:
     from aiosmtpd.smtp import SMTP, Envelope, Session
     from nats.js.client import JetStreamContext
 
+    from devtools.stack.servers import NatsServer, PostgresServer
     from shared.auth import AccessTokenSigner
-    from shared.devstack.servers import NatsServer, PostgresServer
     from shared.events.consumer import EventHandlers
     from shared.events.contracts import Envelope as EventEnvelope
 
@@ -187,7 +186,7 @@ async def pipeline(notify_settings: NotifySettings) -> AsyncIterator[Notificatio
     live = LivePublisher(notify_settings)
     yield NotificationPipeline(
         templates=NotificationTemplates(),
-        outbox=Outbox(EVENT_TABLES, source="notify"),
+        outbox=OUTBOX,
         links=UnsubscribeLinks(notify_settings.unsubscribe_secret, notify_settings.public_base_url),
         live=live,
     )
@@ -239,7 +238,7 @@ async def apply_directly(
     handler = handlers.get(type(payload))
     assert handler is not None
     async with sessions() as session, session.begin():
-        context = EventContext(session=session, envelope=envelope, outbox=Outbox(EVENT_TABLES, source="notify"))
+        context = EventContext(session=session, envelope=envelope, outbox=OUTBOX)
         await handler(payload, context)
     for effect in context.after_commit:
         await effect()

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 import msgspec
 from nats.js.errors import NotFoundError
 
+from devtools.testing import eventually
 from notify.events import order_notification_handlers, order_reference, users_replica_handlers
-from notify.models import EVENT_TABLES, EmailDelivery, Notification
+from notify.models import OUTBOX, EmailDelivery, Notification
 from notify.schemas import NotificationOut
-from notify.worker import consumer_spec
 from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import (
     NotificationCreated,
@@ -26,9 +26,7 @@ from shared.events.contracts import (
     decode_event,
     new_envelope,
 )
-from shared.events.outbox import Outbox
-from shared.events.streams import LIVE_NOTIFICATIONS, ConsumerSpec
-from shared.testing import eventually
+from shared.events.streams import LIVE_NOTIFICATIONS, ConsumerSpec, consumer
 from tests.notify.conftest import (
     Publisher,
     RunningWorker,
@@ -50,8 +48,8 @@ if TYPE_CHECKING:
 
     from notify.events import NotificationPipeline
 
-USERS_REPLICA = consumer_spec("users-replica")
-ORDER_NOTIFICATIONS = consumer_spec("order-notifications")
+USERS_REPLICA = consumer("notify", "users-replica")
+ORDER_NOTIFICATIONS = consumer("notify", "order-notifications")
 
 
 async def drained(js: JetStreamContext, *specs: ConsumerSpec) -> bool:
@@ -277,9 +275,8 @@ async def test_live_push_happens_only_after_the_commit(
         spec=spec,
         handlers=failing,
         session_maker=sessions,
-        tables=EVENT_TABLES,
         js=jetstream,
-        outbox=Outbox(EVENT_TABLES, source="notify"),
+        outbox=OUTBOX,
         fetch_timeout=0.3,
     )
     stop = asyncio.Event()

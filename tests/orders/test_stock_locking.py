@@ -27,16 +27,16 @@ from sqlalchemy import case, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from devtools.testing import eventually
 from orders.events import users_replica_handlers
-from orders.models import EVENT_TABLES, Order, OrderLine, Product
+from orders.models import OUTBOX, Order, OrderLine, Product
 from orders.stock import lock_stock
 from orders.transactions import RETRIED_SQLSTATES
 from orders.worker import worker_plan
+from shared.events import streams
 from shared.events.consumer import EventConsumer, HandlerOutcome
 from shared.events.contracts import UserDeactivated, decode_event, encode_event, new_envelope
-from shared.events.outbox import Outbox
-from shared.events.streams import CONSUMERS, DLQ_STREAM
-from shared.testing import eventually
+from shared.events.streams import DLQ_STREAM
 from tests.orders.conftest import Tokens, add_product, place
 from tests.orders.test_users_replica import publish, remember, run_worker_until, with_nats
 
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from devtools.stack.servers import NatsServer
     from orders.settings import OrdersSettings
-    from shared.devstack.servers import NatsServer
 
 ROUNDS = 4
 PLACERS = 10
@@ -184,12 +184,11 @@ async def test_deactivation_racing_placements_cancels_every_open_order_without_a
     # The handler runs inside the worker's consumer transaction (inbox row + effect), exactly as
     # the worker runs it; it raising would mean a retry, and five of them a dead letter.
     consumer = EventConsumer(
-        spec=next(spec for spec in CONSUMERS if spec.durable == "orders-users-replica"),
+        spec=streams.consumer("orders", "users-replica"),
         handlers=handlers,
         session_maker=async_sessionmaker(engine, expire_on_commit=False),
-        tables=EVENT_TABLES,
         js=jetstream,
-        outbox=Outbox(EVENT_TABLES, source="orders"),
+        outbox=OUTBOX,
     )
     for _ in range(ROUNDS):
         user_id = uuid.uuid4()

@@ -12,10 +12,11 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from orders.models import EVENT_TABLES, KnownUser, Order
+from devtools.stack.servers import free_port
+from devtools.testing import eventually
+from orders.models import OUTBOX, KnownUser, Order
 from orders.service import OrderService
 from orders.worker import worker_plan
-from shared.devstack.servers import free_port
 from shared.events.contracts import (
     EventPayload,
     UserDeactivated,
@@ -24,8 +25,6 @@ from shared.events.contracts import (
     encode_event,
     new_envelope,
 )
-from shared.events.outbox import Outbox
-from shared.testing import eventually
 from shared.worker import Worker
 from tests.orders.conftest import Tokens, add_product, place
 from tests.orders.test_orders import outbox_types, stock_of
@@ -36,8 +35,8 @@ if TYPE_CHECKING:
     import httpx
     from nats.js.client import JetStreamContext
 
+    from devtools.stack.servers import NatsServer
     from orders.settings import OrdersSettings
-    from shared.devstack.servers import NatsServer
 
 
 async def publish(js: JetStreamContext, payload: EventPayload, *, sequence: int, message_id: str | None = None) -> str:
@@ -81,7 +80,7 @@ async def remember(settings: OrdersSettings, user_id: uuid.UUID, *, is_active: b
     engine = create_async_engine(settings.database_url)
     try:
         async with async_sessionmaker(engine)() as session:
-            service = OrderService(session=session, outbox=Outbox(EVENT_TABLES, source="orders"), settings=settings)
+            service = OrderService(session=session, outbox=OUTBOX, settings=settings)
             return await service.remember_user(user_id, email=None, is_active=is_active, sequence=sequence)
     finally:
         await engine.dispose()
@@ -240,7 +239,7 @@ async def test_two_sweeps_at_once_cancel_each_order_once(
     async def sweep() -> int:
         async with sessions() as session:
             service = OrderService(
-                session=session, outbox=Outbox(EVENT_TABLES, source="orders"), settings=orders_settings
+                session=session, outbox=OUTBOX, settings=orders_settings
             )
             return await service.cancel_unpaid(older_than=datetime.timedelta(0), batch_size=7)
 

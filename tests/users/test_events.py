@@ -16,13 +16,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from shared.devstack.servers import free_port
+from devtools.stack.servers import free_port
 from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import UserDeactivated, UserRegistered, UserUpdated, decode_event
 from shared.events.streams import ConsumerSpec
 from shared.worker import Worker
 from tests.users.conftest import PASSWORD, bearer, register, signed_in
-from users.models import EVENT_TABLES
+from users.models import EVENT_TABLES, OUTBOX
 from users.worker import worker_plan
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import httpx
     from nats.js.client import JetStreamContext
 
-    from shared.devstack.servers import NatsServer
+    from devtools.stack.servers import NatsServer
     from users.settings import UsersSettings
 
 
@@ -146,8 +146,8 @@ async def test_one_trace_from_http_request_through_outbox_relay_and_consumer(
             spec=ConsumerSpec("users", "trace-test", "USERS", ("users.user.registered",)),
             handlers=handlers,
             session_maker=async_sessionmaker(engine),
-            tables=EVENT_TABLES,
             js=jetstream,
+            outbox=OUTBOX,
             fetch_timeout=0.2,
         )
         stop = asyncio.Event()

@@ -8,12 +8,13 @@ import pytest
 from nats.js.errors import NotFoundError
 from sqlalchemy import func, select
 
+from devtools.testing import eventually
 from shared.events.consumer import EventConsumer, EventContext, EventHandlers, HandlerOutcome
 from shared.events.contracts import UserDeactivated, UserRegistered, encode_event, new_envelope
 from shared.events.dead_letters import DeadLetters
+from shared.events.outbox import Outbox
 from shared.events.replicas import upsert_if_newer
 from shared.events.streams import ConsumerSpec
-from shared.testing import eventually
 from tests.shared.events.conftest import TABLES, effects, replica
 from tests.shared.events.helpers import registered
 
@@ -65,7 +66,14 @@ def recording_handlers(failures_before_success: int = 0) -> tuple[EventHandlers,
 def consumer(
     js: JetStreamContext, sessions: async_sessionmaker[AsyncSession], handlers: EventHandlers
 ) -> EventConsumer:
-    return EventConsumer(spec=SPEC, handlers=handlers, session_maker=sessions, tables=TABLES, js=js, fetch_timeout=0.3)
+    return EventConsumer(
+        spec=SPEC,
+        handlers=handlers,
+        session_maker=sessions,
+        js=js,
+        outbox=Outbox(TABLES, source="users"),
+        fetch_timeout=0.3,
+    )
 
 
 async def run_until(runner: EventConsumer, condition: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:

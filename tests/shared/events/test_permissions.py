@@ -10,13 +10,14 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy import func, select
 
-from shared.devstack.servers import NatsServer
+from devtools.stack.servers import NatsServer
+from devtools.testing import eventually
 from shared.events.connection import NatsUnavailableError, connect_nats
 from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import UserRegistered, encode_event, new_envelope
+from shared.events.outbox import Outbox
 from shared.events.permissions import inbox_prefix, nats_authorization
 from shared.events.streams import CONSUMERS, ConsumerSpec, ensure_streams
-from shared.testing import eventually
 from tests.shared.events.conftest import TABLES, effects
 from tests.shared.events.helpers import registered
 
@@ -103,8 +104,8 @@ async def test_orders_consumes_users_events_through_its_declared_consumer(
         spec=spec,
         handlers=handlers,
         session_maker=lab_sessions,
-        tables=TABLES,
         js=orders.jetstream(),
+        outbox=Outbox(TABLES, source="orders"),
         fetch_timeout=0.3,
     )
     stop = asyncio.Event()

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from shared.events.connection import NatsConfigurationError, connect_nats, parse_servers
 from shared.events.consumer import EventConsumer
 from shared.events.metrics import start_consumer_series, start_outbox_series
-from shared.events.outbox import Outbox, OutboxRelay
+from shared.events.outbox import OutboxRelay
 from shared.events.pacing import pause
 from shared.events.permissions import inbox_prefix
 from shared.events.streams import DLQ_STREAM, STREAMS, ensure_streams
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
     from shared.events.consumer import EventHandlers
+    from shared.events.outbox import Outbox
     from shared.events.streams import ConsumerSpec
     from shared.events.tables import EventTables
     from shared.health import ReadinessCheck
@@ -69,13 +70,23 @@ class Sweep:
 class WorkerPlan:
     """What one service's worker runs."""
 
-    service: str
     settings: ServiceSettings
-    tables: EventTables
+    outbox: Outbox
+    """The service's one outbox: its source names the service, its tables hold outbox and inbox."""
     consumers: Sequence[tuple[ConsumerSpec, EventHandlers]] = ()
     sweeps: Sequence[Sweep] = ()
     owned_streams: tuple[str, ...] = field(default=())
     """Streams this worker creates or updates at start; by default the one it publishes to, and DLQ."""
+
+    @property
+    def service(self) -> str:
+        """The service's name."""
+        return self.outbox.source
+
+    @property
+    def tables(self) -> EventTables:
+        """The service's event tables."""
+        return self.outbox.tables
 
     def streams(self) -> tuple[str, ...]:
         """The streams to ensure at start."""
@@ -94,7 +105,7 @@ class Worker:
             settings.database_url, pool_size=settings.database_pool_size, pool_pre_ping=True
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self.outbox = Outbox(plan.tables, source=plan.service)
+        self.outbox = plan.outbox
         self.nats: NatsClient | None = None
         self.relay: OutboxRelay | None = None
         self.consumers: list[EventConsumer] = []
@@ -135,7 +146,6 @@ class Worker:
                 spec=spec,
                 handlers=handlers,
                 session_maker=self.sessions,
-                tables=self.plan.tables,
                 js=js,
                 outbox=self.outbox,
             )

@@ -12,10 +12,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from uuid_utils.compat import uuid7
 
 from shared.db import schema_registry
+from shared.events.outbox import Outbox
 from shared.events.tables import define_event_tables
 
 __all__ = (
     "EVENT_TABLES",
+    "OUTBOX",
     "SCHEMA",
     "Base",
     "Contact",
@@ -130,4 +132,6 @@ class EmailDelivery(Base):
 
 
 EVENT_TABLES = define_event_tables(Base.metadata)
+OUTBOX = Outbox(EVENT_TABLES, source="notify")
+"""The service's one outbox: every route, handler, sweep and command of notify adds its events here."""
 """The outbox notify publishes ``notify.notification.created`` through, and the inbox of its consumers."""

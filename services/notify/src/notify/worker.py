@@ -5,21 +5,15 @@ from __future__ import annotations
 from notify.events import NotificationPipeline, order_notification_handlers, users_replica_handlers
 from notify.live import LivePublisher
 from notify.mail import transport_from_url
-from notify.models import EVENT_TABLES
+from notify.models import OUTBOX
 from notify.service import EmailSender
 from notify.settings import NotifySettings, load_notify_settings
 from notify.templates import NotificationTemplates
 from notify.tokens import UnsubscribeLinks
-from shared.events.outbox import Outbox
-from shared.events.streams import CONSUMERS, ConsumerSpec
+from shared.events.streams import consumer
 from shared.worker import Sweep, WorkerPlan
 
-__all__ = ("consumer_spec", "worker_plan")
-
-
-def consumer_spec(purpose: str) -> ConsumerSpec:
-    """The consumer of notify declared for ``purpose`` in the shared topology."""
-    return next(spec for spec in CONSUMERS if spec.service == "notify" and spec.purpose == purpose)
+__all__ = ("worker_plan",)
 
 
 def worker_plan(settings: NotifySettings | None = None, *, live: LivePublisher | None = None) -> WorkerPlan:
@@ -32,7 +26,7 @@ def worker_plan(settings: NotifySettings | None = None, *, live: LivePublisher |
     settings = settings or load_notify_settings()
     pipeline = NotificationPipeline(
         templates=NotificationTemplates(),
-        outbox=Outbox(EVENT_TABLES, source="notify"),
+        outbox=OUTBOX,
         links=UnsubscribeLinks(settings.unsubscribe_secret, settings.public_base_url),
         live=live or LivePublisher(settings),
     )
@@ -49,12 +43,11 @@ def worker_plan(settings: NotifySettings | None = None, *, live: LivePublisher |
         for _ in range(max(1, settings.email_senders))
     ]
     return WorkerPlan(
-        service="notify",
         settings=settings,
-        tables=EVENT_TABLES,
+        outbox=OUTBOX,
         consumers=[
-            (consumer_spec("users-replica"), users_replica_handlers(pipeline)),
-            (consumer_spec("order-notifications"), order_notification_handlers(pipeline)),
+            (consumer("notify", "users-replica"), users_replica_handlers(pipeline)),
+            (consumer("notify", "order-notifications"), order_notification_handlers(pipeline)),
         ],
         sweeps=[
             Sweep(name=f"email-{index}", interval_seconds=settings.email_sweep_seconds, run=sender.run_once, drain=True)

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING
 from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from orders.models import EVENT_TABLES, Base, KnownUser
+from orders.models import OUTBOX, Base, KnownUser
 from orders.routes import OrderController, ProductController
 from orders.service import CatalogService, OrderService
 from orders.settings import OrdersSettings, load_orders_settings
 from shared.app import ServiceApp, create_service_app
 from shared.db import ServiceDatabase
-from shared.events.outbox import Outbox
 from shared.revocations import TokenRevocations
 
 if TYPE_CHECKING:
@@ -27,13 +26,12 @@ DATABASE = ServiceDatabase(Base.metadata, migrations="orders:migrations")
 def create_app(settings: OrdersSettings | None = None) -> Litestar:
     """Build the orders app (granian calls this with no arguments: settings come from ``ORDERS_*``)."""
     settings = settings or load_orders_settings()
-    outbox = Outbox(EVENT_TABLES, source="orders")
 
     def provide_catalog(db_session: NamedDependency[AsyncSession]) -> CatalogService:
         return CatalogService(session=db_session)
 
     def provide_orders(db_session: NamedDependency[AsyncSession]) -> OrderService:
-        return OrderService(session=db_session, outbox=outbox, settings=settings)
+        return OrderService(session=db_session, outbox=OUTBOX, settings=settings)
 
     return create_service_app(
         ServiceApp(

@@ -10,7 +10,6 @@ from shared.events.contracts import UserDeactivated, UserRegistered, UserUpdated
 
 if TYPE_CHECKING:
     from orders.settings import OrdersSettings
-    from shared.events.outbox import Outbox
 
 __all__ = ("users_replica_handlers",)
 
@@ -20,10 +19,7 @@ def users_replica_handlers(settings: OrdersSettings) -> EventHandlers:
     handlers = EventHandlers()
 
     def orders(context: EventContext) -> OrderService:
-        outbox: Outbox | None = context.outbox
-        if outbox is None:
-            raise RuntimeError("orders' consumers publish through the outbox")
-        return OrderService(session=context.session, outbox=outbox, settings=settings)
+        return OrderService(session=context.session, outbox=context.outbox, settings=settings)
 
     @handlers.on(UserRegistered)
     async def remember_registration(event: UserRegistered, context: EventContext) -> None:

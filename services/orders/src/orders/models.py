@@ -12,9 +12,10 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, 
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import schema_registry
+from shared.events.outbox import Outbox
 from shared.events.tables import define_event_tables
 
-__all__ = ("EVENT_TABLES", "SCHEMA", "Base", "IdempotencyKey", "KnownUser", "Order", "OrderLine", "Product")
+__all__ = ("EVENT_TABLES", "OUTBOX", "SCHEMA", "Base", "IdempotencyKey", "KnownUser", "Order", "OrderLine", "Product")
 
 SCHEMA = "orders"
 
@@ -112,4 +113,6 @@ class KnownUser(Base):
 
 
 EVENT_TABLES = define_event_tables(Base.metadata)
+OUTBOX = Outbox(EVENT_TABLES, source="orders")
+"""The service's one outbox: every route, handler, sweep and command of orders adds its events here."""
 """The outbox for orders' events and the inbox of the users events it applied."""

@@ -10,9 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.app import ServiceApp, create_service_app
 from shared.auth import AccessTokenSigner, TokenVerifier
 from shared.db import ServiceDatabase
-from shared.events.outbox import Outbox
 from shared.revocations import TokenRevocations
-from users.models import EVENT_TABLES, Base, User
+from users.models import OUTBOX, Base, User
 from users.routes import AdminUserController, AuthController, KeysController, ProfileController
 from users.service import PasswordHasher, UserService
 from users.settings import UsersSettings, load_users_settings
@@ -51,10 +50,8 @@ def create_app(
     signer = create_signer(settings)
     hasher = hasher or PasswordHasher.from_settings(settings)
 
-    outbox = Outbox(EVENT_TABLES, source="users")
-
     def provide_users(db_session: NamedDependency[AsyncSession]) -> UserService:
-        return UserService(session=db_session, settings=settings, signer=signer, hasher=hasher, outbox=outbox)
+        return UserService(session=db_session, settings=settings, signer=signer, hasher=hasher, outbox=OUTBOX)
 
     return create_service_app(
         ServiceApp(

@@ -32,9 +32,8 @@ async def create_admin_account(
     from sqlalchemy import pool
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    from shared.events.outbox import Outbox
     from users.app import create_signer
-    from users.models import EVENT_TABLES
+    from users.models import OUTBOX
     from users.service import PasswordHasher, UserService
 
     engine = create_async_engine(settings.database_url, poolclass=pool.NullPool)
@@ -45,7 +44,7 @@ async def create_admin_account(
                 settings=settings,
                 signer=create_signer(settings),
                 hasher=PasswordHasher.from_settings(settings),
-                outbox=Outbox(EVENT_TABLES, source="users"),
+                outbox=OUTBOX,
             )
             account, created = await users.create_admin(email=email, password=password, display_name=display_name)
             return str(account.id), created

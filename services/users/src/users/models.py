@@ -12,9 +12,10 @@ from sqlalchemy import ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import schema_registry
+from shared.events.outbox import Outbox
 from shared.events.tables import define_event_tables
 
-__all__ = ("EVENT_TABLES", "SCHEMA", "Base", "LoginThrottle", "RefreshToken", "User")
+__all__ = ("EVENT_TABLES", "OUTBOX", "SCHEMA", "Base", "LoginThrottle", "RefreshToken", "User")
 
 SCHEMA = "users"
 
@@ -81,4 +82,6 @@ class LoginThrottle(Base):
 
 
 EVENT_TABLES = define_event_tables(Base.metadata)
+OUTBOX = Outbox(EVENT_TABLES, source="users")
+"""The service's one outbox: every route, handler, sweep and command of users adds its events here."""
 """The outbox users publishes through, and the inbox (unused: users consumes no events yet)."""

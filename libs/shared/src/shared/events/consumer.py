@@ -44,7 +44,6 @@ if TYPE_CHECKING:
     from shared.events.contracts import Envelope
     from shared.events.outbox import Outbox
     from shared.events.streams import ConsumerSpec
-    from shared.events.tables import EventTables
 
 __all__ = ("EventConsumer", "EventContext", "EventHandlers", "HandlerOutcome")
 
@@ -59,7 +58,7 @@ class EventContext:
 
     session: AsyncSession
     envelope: Envelope
-    outbox: Outbox | None
+    outbox: Outbox
     after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     """Effects outside the database that must wait for the commit (a core NATS publish, say).
 
@@ -102,11 +101,6 @@ class EventHandlers:
         """The handler for a payload type, if any."""
         return self._handlers.get(payload_type)
 
-    @property
-    def payload_types(self) -> tuple[type[EventPayload], ...]:
-        """Every payload type with a handler."""
-        return tuple(self._handlers)
-
 
 class HandlerOutcome:
     """What became of one message."""
@@ -123,9 +117,9 @@ class EventConsumer:
         spec: The consumer's declaration (stream, filter, attempts, backoff).
         handlers: What to do with each payload type.
         session_maker: Opens sessions on the service's database.
-        tables: The service's event tables (the inbox is used here).
         js: JetStream.
-        outbox: The service's outbox, offered to handlers that publish in turn.
+        outbox: The service's outbox: offered to handlers that publish in turn, and it names the
+            service's event tables, whose inbox records what was applied.
         batch_size: Messages fetched at once.
         fetch_timeout: Seconds a fetch waits for messages.
     """
@@ -136,9 +130,8 @@ class EventConsumer:
         spec: ConsumerSpec,
         handlers: EventHandlers,
         session_maker: async_sessionmaker[AsyncSession],
-        tables: EventTables,
         js: JetStreamContext,
-        outbox: Outbox | None = None,
+        outbox: Outbox,
         batch_size: int = 50,
         fetch_timeout: float = 1.0,
     ) -> None:
@@ -150,6 +143,7 @@ class EventConsumer:
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
         start_consumer_series(spec.durable)
+        tables = outbox.tables
         self._record = (
             insert(tables.inbox)
             .values(consumer=spec.durable, event_id=bindparam("event_id"), event_type=bindparam("event_type"))

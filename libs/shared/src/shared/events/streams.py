@@ -25,6 +25,7 @@ __all__ = (
     "StreamSpec",
     "dead_letter_subject",
     "ensure_consumer",
+    "consumer",
     "ensure_streams",
 )
 
@@ -84,6 +85,18 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec("notify", "users-replica", "USERS", ("users.user.>",)),
     ConsumerSpec("notify", "order-notifications", "ORDERS", ("orders.order.>",)),
 )
+
+
+def consumer(service: str, purpose: str) -> ConsumerSpec:
+    """The declared consumer of ``service`` for ``purpose``.
+
+    Raises:
+        LookupError: No such consumer is declared: a typo, caught when the worker is built.
+    """
+    for spec in CONSUMERS:
+        if spec.service == service and spec.purpose == purpose:
+            return spec
+    raise LookupError(f"{service} declares no consumer for {purpose!r}")
 
 
 def dead_letter_subject(stream: str, durable: str) -> str:
