@@ -9,12 +9,12 @@ default:
 # start Postgres, NATS and the services under .data/ (Ctrl-C stops everything); --fresh wipes .data/ first
 [no-exit-message]
 up *args:
-    @python -m shared.devstack {{args}}
+    @python -m devtools.stack {{args}}
 
 # print the export lines one service's CLI needs against the running `just up`: eval "$(uv run just env users)"
 [no-exit-message]
 env service *args:
-    @python -m shared.devstack env {{service}} {{args}}
+    @python -m devtools.stack env {{service}} {{args}}
 
 # walk a client through the whole story against a running `just up` (in another terminal)
 demo:
@@ -23,7 +23,7 @@ demo:
 # wipe the local stack's data (.data/); refused while `just up` runs on it
 [no-exit-message]
 reset:
-    @python -m shared.devstack reset
+    @python -m devtools.stack reset
 
 # lint, then every test (unit, integration against real Postgres and NATS)
 test *args: lint
@@ -37,7 +37,7 @@ lint:
 
 # regenerate docs/asyncapi.json from the event contracts (refuses changes that break a published version)
 asyncapi:
-    python -m shared.events.asyncapi
+    python -m devtools.asyncapi
 
 # benchmarks, each against a baseline measured in the same run (~1 minute); args go to the events pipeline
 bench *args:

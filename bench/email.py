@@ -39,6 +39,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from uuid_utils.compat import uuid7
 
+from devtools.stack.servers import PostgresServer, free_port
 from notify.app import DATABASE
 from notify.mail import OutgoingEmail, prepare_email, sender_address, transport_from_url
 from notify.models import Contact, DeliveryStatus, EmailDelivery
@@ -47,7 +48,6 @@ from notify.settings import NotifySettings
 from notify.templates import NotificationTemplates
 from notify.tokens import UnsubscribeLinks
 from shared.db import provision_service_role
-from shared.devstack.servers import PostgresServer, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine

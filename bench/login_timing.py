@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from devtools.stack.servers import PostgresServer
+from devtools.testing import serve_app
 from shared.auth import generate_private_key_pem
 from shared.db import provision_service_role
-from shared.devstack.servers import PostgresServer
-from shared.testing import serve_app
 from users.app import DATABASE, create_app
 from users.settings import UsersSettings
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from shared.devstack.supervisor import DevStack, StackPorts
+from devtools.stack.supervisor import DevStack, StackPorts
 
 PASSWORD = "demo password 123"  # noqa: S105 - the demo's own throwaway accounts
 SHOWN_BODY = 300

@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from devtools.stack.servers import PostgresServer
 from shared.db import ServiceDatabase, provision_service_role
-from shared.devstack.servers import PostgresServer
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from devtools.testing import serve_app
 from notify.app import create_app as create_notify_app
 from orders.app import create_app as create_orders_app
-from shared.testing import serve_app
 from tests.notify.conftest import mail_server, notify_database, notify_database_url, notify_settings
 from tests.orders.conftest import orders_database, orders_database_url, orders_settings
 from tests.users.conftest import users_database, users_database_url, users_settings

@@ -19,10 +19,10 @@ import msgspec
 import pytest
 from litestar.routes import HTTPRoute
 
+from devtools.stack.servers import free_port
+from devtools.testing import serve_app
 from shared.app import CORS_ALLOW_HEADERS
-from shared.devstack.servers import free_port
 from shared.openapi import document_operations
-from shared.testing import serve_app
 from tests.contract.conftest import SERVICES
 
 if TYPE_CHECKING:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from devtools.testing import serve_app
 from shared.boundary import SECURITY_HEADERS
-from shared.testing import serve_app
 from users.app import create_app as create_users_app
 
 if TYPE_CHECKING:

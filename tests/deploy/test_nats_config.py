@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import nats
 import pytest
 
-from shared.devstack.servers import NatsServer, nats_server_binary
+from devtools.stack.servers import NatsServer, nats_server_binary
 from shared.events.permissions import SERVICES
 from tests.deploy.manifests import K8S, OVERLAYS, ROOT, generated, render
 

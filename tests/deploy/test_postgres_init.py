@@ -12,18 +12,18 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devtools.testing import TEST_ROLE_PASSWORD
 from notify.app import DATABASE as NOTIFY_DATABASE
 from orders.app import DATABASE as ORDERS_DATABASE
 from shared.db import provision_service_role
-from shared.testing import TEST_ROLE_PASSWORD
 from tests.deploy.manifests import K8S, SERVICES
 from users.app import DATABASE as USERS_DATABASE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from devtools.stack.servers import PostgresServer
     from shared.db import ServiceDatabase
-    from shared.devstack.servers import PostgresServer
 
 SCHEMAS_SQL = K8S / "base" / "postgres" / "schemas.sql"
 ROLE_PASSWORDS_SH = K8S / "components" / "postgres-statefulset" / "20-role-passwords.sh"

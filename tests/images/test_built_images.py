@@ -30,16 +30,16 @@ from packaging.requirements import Requirement
 from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devtools.stack.servers import free_port, stop_process
+from devtools.testing import TEST_ROLE_PASSWORD
 from shared.auth import AccessTokenSigner
 from shared.db import provision_service_role
-from shared.devstack.servers import free_port, stop_process
-from shared.testing import TEST_ROLE_PASSWORD
 from tests.deploy.manifests import K8S, ROOT, SERVICES, Manifest, generated, named, render
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from devtools.stack.servers import NatsServer, PostgresServer
 
 CACHE = Path(os.environ.get("RELAY_IMAGES_CACHE", "/var/cache/relay-images"))
 RUNTIME_USER = "10001:10001"

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
+from devtools.stack.servers import free_port
+from devtools.testing import eventually
 from notify.events import users_replica_handlers
 from notify.mail import FileTransport, SmtpTransport, transport_from_url
 from notify.models import DeliveryStatus, EmailDelivery
 from notify.service import EmailSender, NotificationService
-from shared.devstack.servers import free_port
 from shared.events.contracts import UserDeactivated
-from shared.testing import eventually
 from tests.notify.conftest import (
     MailServer,
     Publisher,

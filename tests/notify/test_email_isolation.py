@@ -15,11 +15,11 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from uuid_utils.compat import uuid7
 
+from devtools.testing import eventually
 from notify.events import users_replica_handlers
 from notify.mail import OutgoingEmail, SendFailure, build_message, transport_from_url
 from notify.models import DeliveryStatus, EmailDelivery
 from notify.service import ContactReplica, EmailSender
-from shared.testing import eventually
 from tests.notify.conftest import (
     MailServer,
     Publisher,

@@ -26,10 +26,10 @@ import httpx
 import pytest
 from sqlalchemy import insert, select
 
+from devtools.stack.servers import die_with_parent, free_port, stop_process
+from devtools.testing import eventually
 from notify.models import Contact, Notification
-from shared.devstack.servers import die_with_parent, free_port, stop_process
 from shared.events.contracts import OrderDelivered, OrderPaid, OrderShipped
-from shared.testing import eventually
 from tests.notify.conftest import UNSUBSCRIBE_SECRET, Publisher, RunningWorker, bearer, count, placed
 
 if TYPE_CHECKING:
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from devtools.stack.servers import NatsServer
     from shared.auth import AccessTokenSigner
-    from shared.devstack.servers import NatsServer
 
 HEARTBEAT_SECONDS = 0.5
 

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devtools.testing import migrate_fresh_database
 from notify.app import DATABASE
-from shared.testing import migrate_fresh_database
 
 if TYPE_CHECKING:
     import httpx
 
-    from shared.devstack.servers import PostgresServer
+    from devtools.stack.servers import PostgresServer
 
 
 async def test_ready_reports_database_at_head_and_nats_connected(client: httpx.AsyncClient) -> None:

@@ -6,11 +6,11 @@ import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
+from devtools.testing import eventually
 from notify.events import order_notification_handlers, users_replica_handlers
 from notify.models import EmailDelivery, Notification
 from notify.schemas import KINDS
 from shared.events.contracts import OrderPaid, OrderShipped
-from shared.testing import eventually
 from tests.notify.conftest import (
     MailServer,
     Publisher,

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from devtools.testing import eventually
 from notify.live import ENDED_BY_EXPIRY, ENDED_BY_REVOCATION, LiveHub, NotificationFeed
 from notify.models import Notification
 from shared.auth import AccessTokenSigner, Principal
 from shared.errors import TooManyRequests
 from shared.events.contracts import OrderPaid, UserUpdated
 from shared.revocations import REVOCATION_DETAIL
-from shared.testing import eventually
 from tests.notify.conftest import Publisher, RunningWorker, bearer, count, placed
 from tests.notify.test_live_stream import ApiProcess, EventStream, ServerEvent, api_environment, known_user, open_stream
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from shared.devstack.servers import NatsServer
+    from devtools.stack.servers import NatsServer
 
 MAX_STREAMS = 2
 

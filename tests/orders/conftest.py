@@ -5,17 +5,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from devtools.testing import prepare_service_database, serve_app, truncate_schema
 from orders.app import DATABASE, create_app
 from orders.settings import OrdersSettings
-from shared.testing import prepare_service_database, serve_app, truncate_schema
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import httpx
 
+    from devtools.stack.servers import PostgresServer
     from shared.auth import AccessTokenSigner
-    from shared.devstack.servers import PostgresServer
 
 
 @pytest.fixture(scope="session")

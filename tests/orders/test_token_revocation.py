@@ -9,18 +9,18 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
+from devtools.testing import eventually, serve_app
 from orders.app import create_app
 from shared.events.contracts import UserDeactivated, UserRegistered, UserUpdated
 from shared.revocations import REVOCATION_DETAIL
-from shared.testing import eventually, serve_app
 from tests.orders.test_users_replica import publish, replica, run_worker_until, with_nats
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
+    from devtools.stack.servers import NatsServer
     from orders.settings import OrdersSettings
     from shared.auth import AccessTokenSigner
-    from shared.devstack.servers import NatsServer
     from shared.events.contracts import EventPayload
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from shared.devstack.servers import PostgresServer
+    from devtools.stack.servers import PostgresServer
 
 SECRET = "$argon2id$v=19$m=65536,t=3,p=4$c2VjcmV0"
 

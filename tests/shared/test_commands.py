@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from devtools.stack.servers import free_port
+from devtools.testing import prepare_service_database
 from orders.app import DATABASE as ORDERS_DATABASE
-from shared.devstack.servers import free_port
-from shared.testing import prepare_service_database
 from tests.shared.commands import (
     COMMAND_TIMEOUT,
     SERVICES,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from nats.js.client import JetStreamContext
 
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from devtools.stack.servers import NatsServer, PostgresServer
 
 ARGUMENTS: dict[tuple[str, ...], list[str]] = {
     ("revision",): ["-m", "probe"],

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy.exc
 from advanced_alchemy.exceptions import RepositoryError
 
+from devtools.testing import eventually, prepare_service_database, serve_app
 from notify.app import DATABASE as NOTIFY_DATABASE
 from notify.app import create_app as create_notify_app
 from notify.settings import NotifySettings
@@ -19,7 +20,6 @@ from orders.app import DATABASE as ORDERS_DATABASE
 from orders.app import create_app as create_orders_app
 from orders.settings import OrdersSettings
 from shared.db import is_database_unavailable
-from shared.testing import eventually, prepare_service_database, serve_app
 from users.app import DATABASE as USERS_DATABASE
 from users.app import create_app as create_users_app
 from users.settings import UsersSettings
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from devtools.stack.servers import PostgresServer
     from shared.auth import AccessTokenSigner
-    from shared.devstack.servers import PostgresServer
 
 Call = tuple[str, str, dict[str, object] | None, bool]
 """method, path, JSON body, whether it needs the customer's bearer token."""

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from shared.devstack.servers import free_port
-from shared.devstack.supervisor import (
+from devtools.stack.servers import free_port
+from devtools.stack.supervisor import (
     DevStack,
     StackLock,
     StackPorts,
@@ -32,7 +32,7 @@ from shared.devstack.supervisor import (
     check_ports,
     installed_services,
 )
-from shared.testing import eventually
+from devtools.testing import eventually
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -110,7 +110,7 @@ def _run_up(
     data: Path, ports: StackPorts, *args: str, extra: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.devstack", "--data", str(data), *args],
+        [sys.executable, "-m", "devtools.stack", "--data", str(data), *args],
         env=os.environ | _port_env(ports) | (extra or {}),
         capture_output=True,
         text=True,
@@ -205,7 +205,7 @@ def test_a_second_up_or_a_reset_in_the_same_folder_refuses_and_touches_nothing(
     before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in data.rglob("*") if path.is_file()}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "shared.devstack", *command, str(data)],
+            [sys.executable, "-m", "devtools.stack", *command, str(data)],
             env=os.environ | _port_env(_stack_ports()),
             capture_output=True,
             text=True,
@@ -225,7 +225,7 @@ def test_reset_wipes_the_data_when_no_stack_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _fake_running_stack(data)
     done = subprocess.run(
-        [sys.executable, "-m", "shared.devstack", "reset", "--data", str(data)], capture_output=True, check=False
+        [sys.executable, "-m", "devtools.stack", "reset", "--data", str(data)], capture_output=True, check=False
     )
     assert done.returncode == 0, done.stderr
     assert not data.exists()
@@ -243,7 +243,7 @@ def test_the_lock_is_free_again_once_its_holder_is_gone(tmp_path: Path) -> None:
 
 def test_env_without_a_running_stack_says_so_in_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "shared.devstack", "env", "orders", "--data", str(tmp_path)],
+        [sys.executable, "-m", "devtools.stack", "env", "orders", "--data", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,
@@ -280,7 +280,7 @@ def test_after_a_crash_only_the_stacks_own_leftovers_are_killed(tmp_path: Path) 
 def test_a_failing_migration_is_named_in_the_migration_process_last_line() -> None:
     nowhere = f"postgresql+asyncpg://users:nothing@127.0.0.1:{free_port()}/relay"
     done = subprocess.run(
-        [sys.executable, "-m", "shared.devstack.migrations", "users"],
+        [sys.executable, "-m", "devtools.stack.migrations", "users"],
         env=os.environ | {"USERS_DATABASE_URL": nowhere},
         capture_output=True,
         text=True,
@@ -328,7 +328,7 @@ async def _admin_token(data: Path, users_url: str) -> str:
     bin_dir = os.path.dirname(sys.executable)
     # the README's way: the running stack's settings for the users CLI, eval'd in a shell
     script = (
-        f'eval "$({sys.executable} -m shared.devstack env users --data {data})" && '
+        f'eval "$({sys.executable} -m devtools.stack env users --data {data})" && '
         f"{bin_dir}/users create-admin --email {email}"
     )
     clean = {key: value for key, value in os.environ.items() if not key.startswith("USERS_")}
@@ -417,7 +417,7 @@ def test_up_serves_every_service_restarts_what_dies_and_ctrl_c_lets_requests_in_
     # As a terminal runs it: the supervisor leads its own foreground process group, and Ctrl-C
     # sends SIGINT to that whole group.
     stack = subprocess.Popen(
-        [sys.executable, "-m", "shared.devstack", "--data", str(data)],
+        [sys.executable, "-m", "devtools.stack", "--data", str(data)],
         env=os.environ | _port_env(ports),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

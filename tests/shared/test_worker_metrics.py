@@ -15,12 +15,12 @@ import httpx
 from prometheus_client import Counter
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.stack.servers import free_port
+from devtools.testing import eventually, prepare_service_database, truncate_schema
 from notify.app import DATABASE as NOTIFY_DATABASE
 from orders.app import DATABASE as ORDERS_DATABASE
-from shared.devstack.servers import free_port
 from shared.events import metrics
 from shared.events.streams import CONSUMERS
-from shared.testing import eventually, prepare_service_database, truncate_schema
 from tests.shared.commands import clean_environment, console_script
 from users.app import DATABASE as USERS_DATABASE
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from nats.js.client import JetStreamContext
 
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from devtools.stack.servers import NatsServer, PostgresServer
 
 DATABASES = {"users": USERS_DATABASE, "orders": ORDERS_DATABASE, "notify": NOTIFY_DATABASE}
 

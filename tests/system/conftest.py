@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.devstack.servers import die_with_parent, free_port
-from shared.devstack.supervisor import SERVICES, StackPorts
+from devtools.stack.servers import die_with_parent, free_port
+from devtools.stack.supervisor import SERVICES, StackPorts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,7 +51,7 @@ class RunningStack:
     def start(self, timeout: float = 120.0) -> None:
         """Start the supervisor and wait until it says everything is ready."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.devstack", "--data", str(self.data)],
+            [sys.executable, "-m", "devtools.stack", "--data", str(self.data)],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.devstack.servers import process_group_members
-from shared.devstack.supervisor import installed_services
+from devtools.stack.servers import process_group_members
+from devtools.stack.supervisor import installed_services
 from tests.system.conftest import CORS_ORIGIN, RunningStack
 
 
@@ -70,7 +70,7 @@ async def test_a_second_up_in_the_same_folder_refuses_and_the_first_keeps_servin
     for extra in ([], ["--fresh"]):
         second = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "shared.devstack", "--data", str(stack.data), *extra],
+            [sys.executable, "-m", "devtools.stack", "--data", str(stack.data), *extra],
             env=stack.env,
             capture_output=True,
             text=True,
@@ -96,7 +96,7 @@ async def test_env_prints_exports_that_let_each_service_cli_work_against_the_run
         # a shell that has none of the service's variables, as a new terminal would be
         clean = {key: value for key, value in os.environ.items() if not key.startswith(f"{service.upper()}_")}
         script = (
-            f'eval "$({sys.executable} -m shared.devstack env {service} --data {stack.data})" && '
+            f'eval "$({sys.executable} -m devtools.stack env {service} --data {stack.data})" && '
             f"{bin_dir / service} events status"
         )
         done = await asyncio.to_thread(

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from shared.testing import eventually
+from devtools.testing import eventually
 from tests.system.conftest import RunningStack
 
 if TYPE_CHECKING:
-    from shared.devstack.supervisor import StackPorts
+    from devtools.stack.supervisor import StackPorts
 
 PASSWORD = "system test password"
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ async def admin_token(stack: RunningStack) -> str:
 
 
 def _users_env(stack: RunningStack) -> dict[str, str]:
-    from shared.devstack.supervisor import DevStack
+    from devtools.stack.supervisor import DevStack
 
     devstack = DevStack(stack.data, stack.ports, services=("users",))
     return devstack.service_env("users", devstack.database_url("users"))
@@ -323,7 +323,7 @@ def test_up_after_a_crash_of_the_supervisor_recovers_with_its_data(tmp_path: Pat
 
 
 def _free() -> int:
-    from shared.devstack.servers import free_port
+    from devtools.stack.servers import free_port
 
     return free_port()
 

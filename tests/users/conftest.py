@@ -5,14 +5,14 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from shared.testing import prepare_service_database, serve_app, truncate_schema
+from devtools.testing import prepare_service_database, serve_app, truncate_schema
 from users.app import DATABASE, create_app
 from users.settings import UsersSettings
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from shared.devstack.servers import PostgresServer
+    from devtools.stack.servers import PostgresServer
 
 PASSWORD = "correct horse battery"
 

@@ -14,7 +14,7 @@ from users.cli import main
 if TYPE_CHECKING:
     import httpx
 
-    from shared.devstack.servers import NatsServer
+    from devtools.stack.servers import NatsServer
     from users.settings import UsersSettings
 
 

@@ -11,11 +11,11 @@ from alembic import command
 from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shared.testing.database import migrate_fresh_database
+from devtools.testing.database import migrate_fresh_database
 from users.app import DATABASE
 
 if TYPE_CHECKING:
-    from shared.devstack.servers import PostgresServer
+    from devtools.stack.servers import PostgresServer
 
 BEFORE = "12c3a8ad20ef"
 

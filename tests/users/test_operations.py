@@ -12,15 +12,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devtools.testing import TEST_ROLE_PASSWORD, migrate_fresh_database, serve_app
 from shared.db import provision_service_role
-from shared.testing import TEST_ROLE_PASSWORD, migrate_fresh_database, serve_app
 from users.app import DATABASE, create_app
 from users.models import Base
 
 if TYPE_CHECKING:
     import httpx
 
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from devtools.stack.servers import NatsServer, PostgresServer
     from users.settings import UsersSettings
 
 

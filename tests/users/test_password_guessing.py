@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from shared.testing import serve_app
+from devtools.testing import serve_app
 from tests.users.conftest import PASSWORD, bearer, login, register
 from users.app import create_app
 from users.service import PasswordHasher

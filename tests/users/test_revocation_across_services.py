@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devtools.stack.servers import free_port
+from devtools.testing import eventually, prepare_service_database, serve_app, truncate_schema
 from notify.app import DATABASE as NOTIFY_DATABASE
 from notify.app import create_app as create_notify_app
 from notify.live import LivePublisher
@@ -26,9 +28,7 @@ from orders.app import DATABASE as ORDERS_DATABASE
 from orders.app import create_app as create_orders_app
 from orders.settings import OrdersSettings
 from orders.worker import worker_plan as orders_worker_plan
-from shared.devstack.servers import free_port
 from shared.revocations import REVOCATION_DETAIL
-from shared.testing import eventually, prepare_service_database, serve_app, truncate_schema
 from shared.worker import Worker
 from tests.users.conftest import bearer, login, register
 from users.app import create_app as create_users_app
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     import httpx
     from nats.js.client import JetStreamContext
 
+    from devtools.stack.servers import NatsServer, PostgresServer
     from shared.auth import AccessTokenSigner
-    from shared.devstack.servers import NatsServer, PostgresServer
     from users.settings import UsersSettings
 
 POLL = 0.1

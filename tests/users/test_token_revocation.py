@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from devtools.testing import eventually, serve_app
 from shared.auth import Principal
 from shared.events.contracts import UserDeactivated, UserUpdated
 from shared.revocations import REVOCATION_DETAIL, TokenRevocations, microseconds
-from shared.testing import eventually, serve_app
 from tests.users.conftest import PASSWORD, bearer, login, register
 from tests.users.test_events import outbox_events
 from users.app import create_app

@@ -10,15 +10,15 @@ from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, pool
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from devtools.testing import truncate_schema
 from shared.db import provision_service_role
 from shared.events.outbox import Outbox
 from shared.events.tables import EventTables, define_event_tables
-from shared.testing import truncate_schema
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from shared.devstack.servers import PostgresServer
+    from devtools.stack.servers import PostgresServer
 
 LAB = "eventlab"
 metadata = MetaData(schema=LAB)

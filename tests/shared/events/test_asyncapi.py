@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import pytest
 
-from shared.events.asyncapi import breaking_changes, build_document, main, render, subject_matches
+from devtools.asyncapi import breaking_changes, build_document, main, render, subject_matches
 from shared.events.contracts import CONTRACTS, EventPayload
 from shared.events.streams import CONSUMERS
 
@@ -120,7 +120,7 @@ def receivers(document: dict[str, Any], channel_id: str, action: str) -> set[str
 
 
 def test_committed_document_is_what_the_contracts_render_now() -> None:
-    assert COMMITTED.read_text(encoding="utf-8") == render(), "stale: run `python -m shared.events.asyncapi`"
+    assert COMMITTED.read_text(encoding="utf-8") == render(), "stale: run `python -m devtools.asyncapi`"
 
 
 def test_rendering_does_not_depend_on_registration_order() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.devstack.servers import free_port
+from devtools.stack.servers import free_port
 from shared.events.connection import NatsConfigurationError, NatsUnavailableError, connect_nats, parse_servers
 
 

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from devtools.testing import eventually
 from shared.events.contracts import decode_event
 from shared.events.outbox import Outbox, OutboxRelay
 from shared.events.streams import ensure_streams
-from shared.testing import eventually
 from tests.shared.events.conftest import TABLES
 from tests.shared.events.helpers import add_events, registered, unpublished
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-    from shared.devstack.servers import NatsServer, PostgresServer
+    from devtools.stack.servers import NatsServer, PostgresServer
 
 
 def relay_for(engine: AsyncEngine, js: JetStreamContext, **options: object) -> OutboxRelay:

@@ -2,5 +2,6 @@
 
 Services import what they need from the modules: ``contracts`` (the published language), ``tables``
 (outbox and inbox in their schema), ``outbox`` (``Outbox.add``), ``consumer`` (``EventHandlers``),
-``replicas`` (``upsert_if_newer``); ``permissions`` and ``asyncapi`` are generated from ``streams``.
+``replicas`` (``upsert_if_newer``); ``permissions`` is generated from ``streams`` (and so is the AsyncAPI
+document, by ``devtools.asyncapi``).
 """

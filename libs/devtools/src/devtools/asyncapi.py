@@ -7,7 +7,7 @@ to hold both ways: new consumers replay old events (consumers start at ``Deliver
 old consumers read new ones. So a payload version may only gain optional fields; anything else is a
 new version, which gets a channel of its own.
 
-``python -m shared.events.asyncapi`` regenerates the document; ``--check`` fails when the committed
+``python -m devtools.asyncapi`` regenerates the document; ``--check`` fails when the committed
 one is stale or the contracts broke a published version.
 """
 
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         break a published version; 0 otherwise.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m shared.events.asyncapi", description="Write or check the AsyncAPI document of the events."
+        prog="python -m devtools.asyncapi", description="Write or check the AsyncAPI document of the events."
     )
     parser.add_argument("--check", action="store_true", help="fail if the committed document is stale or broken")
     parser.add_argument("--path", type=Path, default=DOCUMENT_PATH, help=f"the document (default: {DOCUMENT_PATH})")
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render(document)
     committed = path.read_text(encoding="utf-8") if path.exists() else None
     if committed is None and arguments.check:
-        print(f"{path} is missing: run `python -m shared.events.asyncapi`", file=sys.stderr)
+        print(f"{path} is missing: run `python -m devtools.asyncapi`", file=sys.stderr)
         return 1
     if committed is not None:
         try:
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{path} is up to date")
             return 0
         if arguments.check:
-            print(f"{path} is stale: run `python -m shared.events.asyncapi`", file=sys.stderr)
+            print(f"{path} is stale: run `python -m devtools.asyncapi`", file=sys.stderr)
             return 1
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8", newline="\n")
