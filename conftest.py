@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pytest
 
-pytest_plugins = ["shared.testing.plugin"]
+pytest_plugins = ["devtools.testing.plugin"]
 
 IMAGE_CHECK = Path(__file__).parent / "tests" / "images"
 
