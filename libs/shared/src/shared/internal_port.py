@@ -24,6 +24,7 @@ Answer = tuple[str, str, bytes]
 log = structlog.get_logger("shared.internal_port")
 
 NOT_FOUND: Answer = ("404 Not Found", "application/problem+json", b'{"status":404,"title":"Not found"}')
+"""What a path nobody answers gets."""
 
 
 def metrics_answer() -> Answer:
@@ -32,17 +33,27 @@ def metrics_answer() -> Answer:
 
 
 async def start_internal_server(
-    host: str, port: int, answer: Callable[[str], Awaitable[Answer | None]]
+    host: str, port: int, answer: Callable[[str], Awaitable[Answer | None]], *, required: bool = False
 ) -> asyncio.Server | None:
     """Listen on ``host:port`` and answer each GET with ``answer(path)`` (None: 404).
 
     A few lines of HTTP instead of a web framework: probes and Prometheus need nothing more, and
-    nothing here shares the API's middleware, routes or documentation.
+    nothing here shares the API's middleware, routes or documentation. The API serves its metrics
+    here, the worker its health probes and metrics.
+
+    Args:
+        host: The address to listen on.
+        port: The port to listen on.
+        answer: What to answer for a path; None answers 404.
+        required: A taken port is an error (the worker: its probes must reach this very process)
+            rather than a warning (the API: a second granian worker of the same API finds the
+            first one's listener there; the first one's metrics are served, this one's are not).
 
     Returns:
-        The server; None when another process already listens there (a second granian worker of
-        the same API: the first one's metrics are served, this one's are not, and it says so
-        instead of failing to start).
+        The server; None when the port is taken and not ``required``.
+
+    Raises:
+        OSError: The port cannot be bound (taken, when ``required``; or any other reason).
     """
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,7 +78,7 @@ async def start_internal_server(
     try:
         return await asyncio.start_server(serve, host, port)
     except OSError as error:
-        if error.errno != errno.EADDRINUSE:
+        if required or error.errno != errno.EADDRINUSE:
             raise
         log.warning("internal port taken: this process's metrics are not served", host=host, port=port)
         return None

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
@@ -29,6 +28,7 @@ from shared.events.pacing import pause
 from shared.events.permissions import inbox_prefix
 from shared.events.streams import DLQ_STREAM, STREAMS, ensure_streams
 from shared.health import run_checks
+from shared.internal_port import Answer, metrics_answer, start_internal_server
 from shared.settings import SettingsError, variable_name
 from shared.telemetry import configure_logging, configure_tracing
 
@@ -185,8 +185,11 @@ class Worker:
                 return
             assert self.relay is not None  # noqa: S101 - connect() set it
             if self.plan.settings.worker_health_port:
-                health = await asyncio.start_server(
-                    self._serve_health, self.plan.settings.worker_health_host, self.plan.settings.worker_health_port
+                health = await start_internal_server(
+                    self.plan.settings.worker_health_host,
+                    self.plan.settings.worker_health_port,
+                    self._health_answer,
+                    required=True,
                 )
             log.info("worker running", service=self.plan.service, consumers=[c.spec.durable for c in self.consumers])
             loops = [self.relay.run(stop), *(consumer.run(stop) for consumer in self.consumers)]
@@ -227,27 +230,7 @@ class Worker:
 
         return {"database": database, "nats": nats}
 
-    async def _serve_health(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A few lines of HTTP instead of a web framework: probes and Prometheus need nothing more.
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.decode("latin-1").split()
-            path = parts[1] if len(parts) > 1 else "/"
-            status, content_type, body = await self._health_answer(path)
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            writer.close()
-
-    async def _health_answer(self, path: str) -> tuple[str, str, bytes]:
+    async def _health_answer(self, path: str) -> Answer | None:
         if path == "/health/live":
             return "200 OK", "application/json", b'{"status":"ok","checks":{}}'
         if path == "/health/ready":
@@ -255,8 +238,8 @@ class Worker:
             status = "200 OK" if report.status == "ok" else "503 Service Unavailable"
             return status, "application/json", msgspec.json.encode(report)
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
-        return "404 Not Found", "application/json", b'{"status":404,"title":"Not found"}'
+            return metrics_answer()
+        return None
 
 
 def run_worker_until_signalled(plan: WorkerPlan, *, grace_seconds: float = 25.0) -> None:
