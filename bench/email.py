@@ -23,23 +23,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import aiosmtplib
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from uuid_utils.compat import uuid7
 
-from devtools.stack.servers import PostgresServer, free_port
 from notify.app import DATABASE
 from notify.mail import OutgoingEmail, prepare_email, sender_address, transport_from_url
 from notify.models import Contact, DeliveryStatus, EmailDelivery
@@ -49,10 +44,12 @@ from notify.templates import NotificationTemplates
 from notify.tokens import UnsubscribeLinks
 from shared.db import provision_service_role
 
-if TYPE_CHECKING:
-    from collections.abc import Coroutine
+from .harness import bench_servers, free_port, interrupt_guard, run
 
+if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from .harness import PostgresServer
 
 SERVICE = "notify"
 SENDER = "Relay Shop <no-reply@relay-shop.example>"
@@ -207,28 +204,6 @@ def report(args: argparse.Namespace, median: dict[str, float], rounds: dict[str,
     )
 
 
-_signals_received: list[int] = []
-
-
-def _interrupt_outside_loop(signum: int, _frame: Any) -> NoReturn:
-    _signals_received.append(signum)
-    raise KeyboardInterrupt
-
-
-def _interrupt_loop(task: asyncio.Task[None], signum: int) -> None:
-    _signals_received.append(signum)
-    task.cancel()
-
-
-async def interruptible(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` so that SIGINT and SIGTERM cancel it instead of killing the process."""
-    task = asyncio.ensure_future(main)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _interrupt_loop, task, signum)
-    await task
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--emails", type=int, default=1000, help="emails per line and round (default 1000)")
@@ -237,31 +212,17 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=1, help="sweeps side by side (default 1)")
     parser.add_argument("--batch", type=int, default=50, help="deliveries claimed at a time (default 50)")
     args = parser.parse_args()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt_outside_loop)
-    root = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    root.chmod(0o755)  # the unprivileged Postgres account must traverse it when we run as root
-    postgres = PostgresServer(root / "postgres")
     smtp_port = free_port()
-    smtp: subprocess.Popen[bytes] | None = None
-    try:
-        postgres.start()
+    with interrupt_guard(), bench_servers() as servers:
         smtp = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink", "-l", f"127.0.0.1:{smtp_port}"],
             stdout=subprocess.DEVNULL,
         )
-        asyncio.run(interruptible(benchmark(postgres, smtp_port, args)))
-    except BaseException:
-        if not _signals_received:
-            raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    finally:
-        if smtp is not None:
+        try:
+            run(benchmark(servers.postgres, smtp_port, args))
+        finally:
             smtp.terminate()
             smtp.wait(10)
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

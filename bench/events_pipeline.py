@@ -36,7 +36,6 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
-from devtools.stack.servers import NatsServer, PostgresServer
 from shared.db import provision_service_role
 from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import UserRegistered, decode_event, encode_event, new_envelope
@@ -392,11 +391,8 @@ def main() -> None:
     args = parser.parse_args()
     with interrupt_guard(), bench_servers(nats=True) as servers:
         assert servers.nats is not None
-        run(
-            benchmark(
-                servers.postgres, servers.nats, events=args.events, producers=args.producers, rate=args.rate
-            )
-        )
+        run(benchmark(servers.postgres, servers.nats, events=args.events, producers=args.producers, rate=args.rate))
+
 
 if __name__ == "__main__":
     main()

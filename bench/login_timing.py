@@ -22,24 +22,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from devtools.stack.servers import PostgresServer
 from devtools.testing import serve_app
 from shared.auth import generate_private_key_pem
 from shared.db import provision_service_role
 from users.app import DATABASE, create_app
 from users.settings import UsersSettings
 
+from .harness import bench_servers, interrupt_guard, run
+
 if TYPE_CHECKING:
     import httpx
+
+    from .harness import PostgresServer
 
 PASSWORD = "the right password"  # noqa: S105 - a throwaway account on a throwaway server
 WRONG = "not the password!"
@@ -112,23 +112,16 @@ def main() -> None:
     parser.add_argument("--time-cost", type=int, default=defaults.password_hash_time_cost)
     parser.add_argument("--memory-kib", type=int, default=defaults.password_hash_memory_kib)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="relay-bench-login-"))
-    root.chmod(0o755)
-    postgres = PostgresServer(root / "postgres")
-    postgres.start()
-    try:
-        asyncio.run(
+    with interrupt_guard(), bench_servers(prefix="relay-bench-login-") as servers:
+        run(
             benchmark(
-                postgres,
+                servers.postgres,
                 samples=args.samples,
                 runs=args.runs,
                 time_cost=args.time_cost,
                 memory_kib=args.memory_kib,
             )
         )
-    finally:
-        postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from uuid_utils.compat import uuid7
 
-from devtools.stack.servers import PostgresServer
 from orders.app import DATABASE
 from orders.models import OUTBOX, Order, OrderLine, Product
 from orders.schemas import OrderLineOut, OrderOut
@@ -44,6 +43,8 @@ from orders.settings import OrdersSettings
 from shared.auth import Principal
 from shared.db import provision_service_role
 from shared.errors import NotFound
+
+from .harness import bench_servers, interrupt_guard, run
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -292,6 +293,7 @@ def main() -> None:
     args = parser.parse_args()
     with interrupt_guard(), bench_servers() as servers:
         run(benchmark(servers.postgres, reads=args.reads, concurrency=args.concurrency, orders=args.orders))
+
 
 if __name__ == "__main__":
     main()
