@@ -13,9 +13,7 @@ is one, ``and``/``or``/``unless``/``bool`` are operators, and every other name i
 
 from __future__ import annotations
 
-import asyncio
 import re
-import subprocess
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -25,18 +23,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.stack.servers import free_port
-from devtools.testing import eventually, prepare_service_database, serve_app
-from notify.app import DATABASE as NOTIFY_DATABASE
+from devtools.testing import serve_app
 from notify.app import create_app as create_notify_app
-from orders.app import DATABASE as ORDERS_DATABASE
 from orders.app import create_app as create_orders_app
 from shared.events.streams import CONSUMERS
 from tests.deploy.manifests import SERVICES, Manifest, render
 from tests.notify.conftest import mail_server, notify_database, notify_database_url, notify_settings
 from tests.orders.conftest import orders_database, orders_database_url, orders_settings
-from tests.shared.commands import clean_environment, console_script
+from tests.shared.commands import scrape_real_workers
 from tests.users.conftest import users_database, users_database_url, users_settings
-from users.app import DATABASE as USERS_DATABASE
 from users.app import create_app as create_users_app
 from users.cli import main as users_cli
 
@@ -62,7 +57,6 @@ __all__ = (  # the services' own fixtures, used here as in their tests
     "users_settings",
 )
 
-DATABASES = {"users": USERS_DATABASE, "orders": ORDERS_DATABASE, "notify": NOTIFY_DATABASE}
 APPS: dict[str, Callable[..., Litestar]] = {
     "users": create_users_app,
     "orders": create_orders_app,
@@ -94,56 +88,6 @@ async def _scrape(client: httpx.AsyncClient, url: str) -> str | None:
     except httpx.TransportError:
         return None
     return response.text if response.status_code == 200 else None
-
-
-async def scrape_workers(postgres: PostgresServer, nats: NatsServer, tmp_path: Path) -> dict[str, Metrics]:
-    """Each service's real worker process, started side by side, scraped once it serves /metrics."""
-    ports = {service: free_port() for service in DATABASES}
-    processes: dict[str, asyncio.subprocess.Process] = {}
-    found: dict[str, Metrics] = {}
-    try:
-        for service, database in DATABASES.items():
-            url = await asyncio.to_thread(prepare_service_database, postgres, database)
-            prefix = service.upper()
-            environment = clean_environment(
-                {
-                    f"{prefix}_DATABASE_URL": url,
-                    f"{prefix}_NATS_URL": nats.url,
-                    f"{prefix}_WORKER_HEALTH_PORT": str(ports[service]),
-                    "NOTIFY_UNSUBSCRIBE_SECRET": "unsubscribe-secret-for-the-tests",
-                    "NOTIFY_EMAIL_URL": f"file:{tmp_path / 'mail'}",
-                }
-            )
-            processes[service] = await asyncio.create_subprocess_exec(
-                console_script(service),
-                "worker",
-                env=environment,
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        async with httpx.AsyncClient(timeout=5) as client:
-            for service, port in ports.items():
-
-                async def metrics(port: int = port, service: str = service) -> str | None:
-                    assert processes[service].returncode is None, f"{service} worker exited"
-                    return await _scrape(client, f"http://127.0.0.1:{port}/metrics")
-
-                text = await eventually(metrics, within=180, what=f"{service} worker serving /metrics", interval=0.5)
-                assert text is not None
-                found[service] = scraped_metrics(text)
-    finally:
-        for process in processes.values():
-            if process.returncode is None:
-                process.terminate()
-        for process in processes.values():
-            try:
-                await asyncio.wait_for(process.wait(), 60)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-    return found
 
 
 async def scrape_api(service: str, settings: ServiceSettings) -> Metrics:
@@ -236,7 +180,10 @@ async def test_every_alert_reads_exported_metrics_by_their_real_labels(
     api_settings: dict[str, ServiceSettings],
 ) -> None:
     docs = render("prod")
-    workers = await scrape_workers(postgres_server, nats_server, tmp_path)
+    workers = {
+        service: scraped_metrics(text)
+        for service, text in (await scrape_real_workers(postgres_server, nats_server, tmp_path)).items()
+    }
     apis = {service: await scrape_api(service, settings) for service, settings in api_settings.items()}
     exported: Metrics = {}
     for metrics in [*workers.values(), *apis.values()]:
