@@ -6,38 +6,18 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, pool
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy import pool
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from devtools.testing import truncate_schema
 from shared.db import provision_service_role
 from shared.events.outbox import Outbox
-from shared.events.tables import EventTables, define_event_tables
+from tests.shared.events.helpers import LAB, TABLES, metadata
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from devtools.stack.servers import PostgresServer
-
-LAB = "eventlab"
-metadata = MetaData(schema=LAB)
-TABLES: EventTables = define_event_tables(metadata)
-effects = Table(
-    "effect",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("event_id", String(64), nullable=False),
-    Column("note", String(200), nullable=False),
-)
-replica = Table(
-    "user_replica",
-    metadata,
-    Column("user_id", UUID(as_uuid=True), primary_key=True),
-    Column("email", String(254), nullable=False),
-    Column("is_active", Boolean, nullable=False),
-    Column("sequence", Integer, nullable=False),
-)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,40 @@
+"""The lab service ("eventlab") the event mechanisms are tried on, and what its tests share."""
+
 from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy.dialects.postgresql import UUID
 
 from shared.events.contracts import UserRegistered
-from tests.shared.events.conftest import TABLES
+from shared.events.tables import EventTables, define_event_tables
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from shared.events.outbox import Outbox
+
+
+LAB = "eventlab"
+metadata = MetaData(schema=LAB)
+TABLES: EventTables = define_event_tables(metadata)
+effects = Table(
+    "effect",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False),
+    Column("note", String(200), nullable=False),
+)
+replica = Table(
+    "user_replica",
+    metadata,
+    Column("user_id", UUID(as_uuid=True), primary_key=True),
+    Column("email", String(254), nullable=False),
+    Column("is_active", Boolean, nullable=False),
+    Column("sequence", Integer, nullable=False),
+)
 
 
 def registered(index: int = 0) -> UserRegistered:

@@ -15,8 +15,7 @@ from shared.events.dead_letters import DeadLetters
 from shared.events.outbox import Outbox
 from shared.events.replicas import upsert_if_newer
 from shared.events.streams import ConsumerSpec
-from tests.shared.events.conftest import TABLES, effects, replica
-from tests.shared.events.helpers import registered
+from tests.shared.events.helpers import TABLES, effects, registered, replica
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

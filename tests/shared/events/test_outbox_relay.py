@@ -10,8 +10,7 @@ from devtools.testing import eventually
 from shared.events.contracts import decode_event
 from shared.events.outbox import Outbox, OutboxRelay
 from shared.events.streams import ensure_streams
-from tests.shared.events.conftest import TABLES
-from tests.shared.events.helpers import add_events, registered, unpublished
+from tests.shared.events.helpers import TABLES, add_events, registered, unpublished
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NatsClient

@@ -18,8 +18,7 @@ from shared.events.contracts import UserRegistered, encode_event, new_envelope
 from shared.events.outbox import Outbox
 from shared.events.permissions import inbox_prefix, nats_authorization
 from shared.events.streams import CONSUMERS, ConsumerSpec, ensure_streams
-from tests.shared.events.conftest import TABLES, effects
-from tests.shared.events.helpers import registered
+from tests.shared.events.helpers import TABLES, effects, registered
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
