@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 import uuid
 from html.parser import HTMLParser
@@ -18,6 +19,7 @@ import httpx
 import msgspec
 import pytest
 from litestar.routes import HTTPRoute
+from litestar.utils.sync import AsyncCallable
 
 from devtools.stack.servers import free_port
 from devtools.testing import serve_app
@@ -458,3 +460,31 @@ async def test_a_second_process_on_a_taken_metrics_port_still_serves_its_api(ord
         assert (await second.get("/health/live")).status_code == 200
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as internal:
             assert (await internal.get("/metrics")).status_code == 200
+
+
+def test_no_route_hands_its_work_to_a_thread(service: Service) -> None:
+    """Guards, dependencies, hooks and handlers all run on the event loop.
+
+    Litestar runs a plain ``def`` guard or request hook in its thread pool (and a sync
+    handler or dependency too unless ``sync_to_thread=False``): on a hot path that is a thread hop
+    per request for work that never blocks. Anything here that blocks belongs in a thread on
+    purpose, and then in this list with a reason.
+    """
+    app = service.build()
+    offloaded = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            where = f"{sorted(getattr(handler, 'http_methods', []))} {route.path}"
+            for guard in handler.resolve_guards():
+                if isinstance(guard, AsyncCallable) or not inspect.iscoroutinefunction(guard):
+                    offloaded.append(f"{where}: guard {getattr(guard, 'func', guard)!r}")
+            for name, provider in handler.resolve_dependencies().items():
+                if provider.has_sync_callable and provider.sync_to_thread:
+                    offloaded.append(f"{where}: dependency {name}")
+            if getattr(handler, "has_sync_callable", False) and handler.sync_to_thread:
+                offloaded.append(f"{where}: handler")
+            hooks = (handler.resolve_before_request(), handler.resolve_after_response(), handler.after_request)
+            for hook in hooks:
+                if isinstance(hook, AsyncCallable):
+                    offloaded.append(f"{where}: hook {hook.func!r}")
+    assert not offloaded, "\n".join(offloaded)

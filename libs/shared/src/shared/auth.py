@@ -338,14 +338,18 @@ def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | No
     return user if isinstance(user, Principal) else None
 
 
-def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: the caller presented a valid access token."""
+async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: the caller presented a valid access token.
+
+    Guards are ``async`` though they never await: Litestar runs a plain ``def`` guard in its thread
+    pool, a hop to another thread and back on every request for a dict lookup.
+    """
     if _principal(connection) is None:
         raise Unauthorized("Sign in first: this endpoint needs a bearer access token.")
 
 
-def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: the caller is signed in and holds the admin role."""
+async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: the caller is signed in and holds the admin role (``async``: see ``signed_in``)."""
     principal = _principal(connection)
     if principal is None:
         raise Unauthorized("Sign in first: this endpoint needs a bearer access token.")
