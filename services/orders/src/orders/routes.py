@@ -23,7 +23,7 @@ from orders.schemas import (
     ProductUpdate,
     Restock,
 )
-from orders.service import CatalogService, OrderAction, OrderService
+from orders.service import CatalogService, OrderService
 from shared.auth import CurrentUser, Principal, admin_only, signed_in
 from shared.errors import Conflict, Forbidden, Unprocessable
 from shared.pagination import PageRequest
@@ -32,11 +32,8 @@ __all__ = ("OrderController", "ProductController")
 
 Catalog = NamedDependency[CatalogService]
 Orders = NamedDependency[OrderService]
-
-
-def _caller(request: Request[Any, Any, Any]) -> Principal | None:
-    user = request.scope.get("user")
-    return user if isinstance(user, Principal) else None
+Caller = Request[Principal | None, Any, Any]
+"""A request on a public route: ``request.user`` is the signed-in caller, or None."""
 
 
 class ProductController(Controller):
@@ -48,7 +45,7 @@ class ProductController(Controller):
     @get("/", operation_id="listProducts")
     async def list_products(
         self,
-        request: Request[Any, Any, Any],
+        request: Caller,
         catalog: Catalog,
         page: NamedDependency[PageRequest],
         q: Annotated[str | None, QueryParameter(max_length=100, description="Search name and SKU.")] = None,
@@ -57,17 +54,13 @@ class ProductController(Controller):
         ] = None,
     ) -> ProductPage:
         """Products by name. Everyone else sees active products only."""
-        caller = _caller(request)
-        shown = active if caller is not None and caller.is_admin else True
-        return await catalog.list_products(search=q, active=shown, limit=page.limit, offset=page.offset)
+        shown = active if request.user is not None and request.user.is_admin else True
+        return await catalog.list_products(search=q, active=shown, request=page)
 
     @get("/{product_id:uuid}", operation_id="getProduct")
-    async def show_product(
-        self, request: Request[Any, Any, Any], product_id: FromPath[uuid.UUID], catalog: Catalog
-    ) -> ProductOut:
+    async def show_product(self, request: Caller, product_id: FromPath[uuid.UUID], catalog: Catalog) -> ProductOut:
         """One product (an inactive one only for administrators)."""
-        caller = _caller(request)
-        return await catalog.get(product_id, include_inactive=caller is not None and caller.is_admin)
+        return await catalog.get(product_id, include_inactive=request.user is not None and request.user.is_admin)
 
     @post(
         "/", status_code=HTTP_201_CREATED, guards=[admin_only], operation_id="createProduct", domain_errors=(Conflict,)
@@ -156,7 +149,7 @@ class OrderController(Controller):
         ] = None,
     ) -> OrderPage:
         """Your orders, newest first (administrators: everyone's, filtered)."""
-        return await orders.list_orders(user, owner=user_id, status=status, limit=page.limit, offset=page.offset)
+        return await orders.list_orders(user, owner=user_id, status=status, request=page)
 
     @get("/{order_id:uuid}", operation_id="getOrder")
     async def show_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
@@ -166,12 +159,12 @@ class OrderController(Controller):
     @post("/{order_id:uuid}/pay", status_code=HTTP_200_OK, operation_id="payOrder", domain_errors=(Forbidden, Conflict))
     async def pay_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Pay your pending order."""
-        return await _act(orders, user, order_id, "pay")
+        return await orders.act(user, order_id, "pay")
 
     @post("/{order_id:uuid}/cancel", status_code=HTTP_200_OK, operation_id="cancelOrder", domain_errors=(Conflict,))
     async def cancel_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Cancel your pending or paid order; its stock returns to the catalog."""
-        return await _act(orders, user, order_id, "cancel")
+        return await orders.act(user, order_id, "cancel")
 
     @post(
         "/{order_id:uuid}/ship",
@@ -182,7 +175,7 @@ class OrderController(Controller):
     )
     async def ship_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Mark a paid order shipped (administrators)."""
-        return await _act(orders, user, order_id, "ship")
+        return await orders.act(user, order_id, "ship")
 
     @post(
         "/{order_id:uuid}/deliver",
@@ -193,8 +186,4 @@ class OrderController(Controller):
     )
     async def deliver_order(self, order_id: FromPath[uuid.UUID], user: CurrentUser, orders: Orders) -> OrderOut:
         """Mark a shipped order delivered (administrators)."""
-        return await _act(orders, user, order_id, "deliver")
-
-
-async def _act(orders: OrderService, user: Principal, order_id: uuid.UUID, action: OrderAction) -> OrderOut:
-    return await orders.act(user, order_id, action)
+        return await orders.act(user, order_id, "deliver")

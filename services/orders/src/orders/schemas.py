@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from shared.pagination import Page
+
 __all__ = (
     "MAX_LINES",
     "MAX_ORDER_TOTAL",
@@ -87,13 +89,10 @@ class ProductOut(msgspec.Struct, frozen=True):
     updated_at: datetime.datetime
 
 
-class ProductPage(msgspec.Struct, frozen=True):
+class ProductPage(Page[ProductOut], frozen=True):
     """One page of products."""
 
     items: list[ProductOut]
-    total: int
-    limit: int
-    offset: int
 
 
 class OrderItem(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -134,10 +133,7 @@ class OrderOut(msgspec.Struct, frozen=True):
     updated_at: datetime.datetime
 
 
-class OrderPage(msgspec.Struct, frozen=True):
+class OrderPage(Page[OrderOut], frozen=True):
     """One page of orders, newest first."""
 
     items: list[OrderOut]
-    total: int
-    limit: int
-    offset: int

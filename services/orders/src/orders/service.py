@@ -8,7 +8,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 from advanced_alchemy.filters import LimitOffset
@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from orders.models import IdempotencyKey, KnownUser, Order, OrderLine, Product
+from orders.models import KNOWN_USERS, LINES, ORDERS, PRODUCTS, IdempotencyKey, KnownUser, Order, Product
 from orders.schemas import OrderLineOut, OrderOut, OrderPage, ProductOut, ProductPage
 from orders.stock import PRODUCT_COLUMNS, lock_stock, return_stock
 from orders.transactions import retry_transient
@@ -39,17 +39,20 @@ from shared.events.contracts import (
 from shared.events.replicas import upsert_if_newer
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
-    from sqlalchemy import Table
+    from sqlalchemy import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from orders.schemas import OrderItem, OrderStatus, PlaceOrder, ProductCreate, ProductUpdate
     from orders.settings import OrdersSettings
+    from orders.stock import ProductRow
     from shared.auth import Principal
     from shared.events.outbox import Outbox
+    from shared.pagination import PageRequest
 
-__all__ = ("TRANSITIONS", "CatalogService", "OrderAction", "OrderService", "PlacedOrder")
+__all__ = ("TRANSITIONS", "CatalogService", "OrderAction", "OrderService", "PlacedOrder", "PricedLine")
 
 OrderAction = Literal["pay", "ship", "deliver", "cancel"]
 
@@ -62,9 +65,6 @@ TRANSITIONS: dict[OrderAction, tuple[frozenset[str], str]] = {
 """The state machine: which states an action may start from, and where it leads."""
 
 OPEN_STATES = TRANSITIONS["cancel"][0]
-PRODUCTS = cast("Table", Product.__table__)
-ORDERS = cast("Table", Order.__table__)
-LINES = cast("Table", OrderLine.__table__)
 ORDER_COLUMNS = (
     ORDERS.c.id,
     ORDERS.c.user_id,
@@ -92,7 +92,22 @@ LINES_OF_ORDERS = (
     .where(LINES.c.order_id.in_(bindparam("order_ids", expanding=True)))
     .order_by(LINES.c.order_id, LINES.c.product_id)
 )
+INSERT_ORDER = insert(ORDERS).returning(*ORDER_COLUMNS)
 _json = msgspec.json.Encoder()
+
+
+class PricedLine(NamedTuple):
+    """One line of an order, priced from the catalog as the order is placed.
+
+    Built once per line (:func:`_price`): the stored row, the answer's line and the line of
+    ``orders.order.placed`` are all made from it. Its fields are ``order_line`` columns.
+    """
+
+    product_id: uuid.UUID
+    sku: str
+    name: str
+    unit_price: int
+    quantity: int
 
 
 def _now() -> datetime.datetime:
@@ -184,9 +199,9 @@ class CatalogService:
             raise NotFound("No such product.")
         return ProductOut(**row._asdict())
 
-    async def list_products(self, *, search: str | None, active: bool | None, limit: int, offset: int) -> ProductPage:
+    async def list_products(self, *, search: str | None, active: bool | None, request: PageRequest) -> ProductPage:
         """Products by name, optionally matching ``search`` in name or SKU and filtered by ``active``."""
-        filters: list[object] = [LimitOffset(limit=limit, offset=offset)]
+        filters: list[object] = [LimitOffset(limit=request.limit, offset=request.offset)]
         if active is not None:
             filters.append(Product.is_active.is_(active))
         if search:
@@ -196,7 +211,7 @@ class CatalogService:
             *filters,  # type: ignore[arg-type]  # a mix of filter kinds, each accepted
             order_by=[(Product.name, False), (Product.id, False)],
         )
-        return ProductPage(items=[_product_out(p) for p in products], total=total, limit=limit, offset=offset)
+        return ProductPage.of([_product_out(p) for p in products], total=total, request=request)
 
 
 @dataclass(frozen=True)
@@ -238,11 +253,7 @@ class OrderService:
             await self._check_customer(user.id)
             placed = await self._create(user.id, order.items, now)
             body = _json.encode(placed)
-            await self.session.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.user_id == user.id, IdempotencyKey.key == idempotency_key)
-                .values(status_code=201, response_body=body)
-            )
+            await self._keep_answer(user.id, idempotency_key, body)
         return PlacedOrder(status_code=201, body=body, replayed=False)
 
     async def _claim_key(
@@ -287,96 +298,56 @@ class OrderService:
         if not is_active:
             raise Forbidden("This account is deactivated and cannot place orders.")
 
-    async def _create(self, user_id: uuid.UUID, items: list[OrderItem], now: datetime.datetime) -> OrderOut:
-        quantities = {item.product_id: item.quantity for item in items}
-        if len(quantities) != len(items):
-            raise Unprocessable("Each product may appear only once in an order.")
+    async def _create(self, user_id: uuid.UUID, items: Sequence[OrderItem], now: datetime.datetime) -> OrderOut:
+        """Check, price, reserve, record and announce one order; each step refuses what it must."""
+        quantities = _quantities(items)
         # Step 4 of the lock order (orders.stock): every product of the order, in id order, at once.
         locked = await lock_stock(self.session, quantities)
-        products = [p for p in locked.rows if p.is_active]
-        unknown = sorted(str(product_id) for product_id in set(quantities) - {p.id for p in products})
-        if unknown:
-            raise Unprocessable(f"Unknown or unavailable products: {', '.join(unknown)}.")
-        currencies = {p.currency for p in products}
-        if len(currencies) > 1:
-            raise Unprocessable(
-                f"An order has one currency; these products are priced in {', '.join(sorted(currencies))}."
-            )
-        short = [
-            f"{p.sku} (wanted {quantities[p.id]}, in stock {p.stock})" for p in products if p.stock < quantities[p.id]
-        ]
-        if short:
-            raise Conflict(f"Not enough stock for: {'; '.join(short)}.")
-        await locked.change({p.id: -quantities[p.id] for p in products})
-        order_id = uuid7()
-        lines = [
-            OrderLineOut(
-                product_id=p.id,
-                sku=p.sku,
-                name=p.name,
-                unit_price=p.price,
-                quantity=quantities[p.id],
-                line_total=p.price * quantities[p.id],
-            )
-            for p in products
-        ]
-        placed = OrderOut(
-            id=order_id,
-            user_id=user_id,
-            status="pending",
-            lines=lines,
-            total=sum(line.line_total for line in lines),
-            currency=currencies.pop(),
-            cancel_reason=None,
-            created_at=now,
-            updated_at=now,
-        )
-        await self.session.execute(
-            insert(Order).values(
-                id=order_id,
-                user_id=user_id,
-                status="pending",
-                total=placed.total,
-                currency=placed.currency,
-                version=1,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        await self.session.execute(
-            insert(OrderLine).values(
-                [
-                    {
-                        "id": uuid7(),
-                        "order_id": order_id,
-                        "product_id": line.product_id,
-                        "sku": line.sku,
-                        "name": line.name,
-                        "unit_price": line.unit_price,
-                        "quantity": line.quantity,
-                    }
-                    for line in lines
-                ]
-            )
-        )
-        event_lines = [
-            OrderLineEvent(
-                product_id=line.product_id,
-                sku=line.sku,
-                name=line.name,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-            )
-            for line in lines
-        ]
-        await self.outbox.add(
-            self.session,
-            OrderPlaced(
-                order_id=order_id, user_id=user_id, lines=event_lines, total=placed.total, currency=placed.currency
-            ),
-            sequence=1,
-        )
+        products = _on_sale(locked.rows, quantities)
+        currency = _one_currency(products)
+        _require_stock(products, quantities)
+        lines = _price(products, quantities)
+        await locked.change({line.product_id: -line.quantity for line in lines})
+        placed = await self._record(user_id, lines, currency, now)
+        await self.outbox.add(self.session, _placed_event(placed, lines), sequence=1)
         return placed
+
+    async def _record(
+        self, user_id: uuid.UUID, lines: Sequence[PricedLine], currency: str, now: datetime.datetime
+    ) -> OrderOut:
+        """Insert the order and its lines; the order as ``GET /orders/{id}`` will show it.
+
+        Both are new rows, so nobody can be waiting for them (the lock order stays intact).
+        """
+        answered = [_line_out(line) for line in lines]
+        order_id = uuid7()
+        order = (
+            await self.session.execute(
+                INSERT_ORDER,
+                {
+                    "id": order_id,
+                    "user_id": user_id,
+                    "status": "pending",
+                    "total": sum(line.line_total for line in answered),
+                    "currency": currency,
+                    "version": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        ).one()
+        await self.session.execute(
+            insert(LINES).values([{"id": uuid7(), "order_id": order_id, **line._asdict()} for line in lines])
+        )
+        return OrderOut(**order._asdict(), lines=answered)
+
+    async def _keep_answer(self, user_id: uuid.UUID, key: str, body: bytes) -> None:
+        """Store the answer on the claimed key, for replays of the same request."""
+        await self.session.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+            .values(status_code=201, response_body=body)
+        )
 
     async def get(self, user: Principal, order_id: uuid.UUID) -> OrderOut:
         """One order, for its owner or an administrator.
@@ -384,9 +355,7 @@ class OrderService:
         Raises:
             NotFound: No such order, or it belongs to someone else (ids don't leak).
         """
-        row = (await self.session.execute(ORDER_BY_ID, {"order_id": order_id})).one_or_none()
-        if row is None or (row.user_id != user.id and not user.is_admin):
-            raise NotFound("No such order.")
+        row = _visible(user, (await self.session.execute(ORDER_BY_ID, {"order_id": order_id})).one_or_none())
         lines = await self._lines([row.id])
         return OrderOut(**row._asdict(), lines=lines[row.id])
 
@@ -396,8 +365,7 @@ class OrderService:
         *,
         owner: uuid.UUID | None,
         status: OrderStatus | None,
-        limit: int,
-        offset: int,
+        request: PageRequest,
     ) -> OrderPage:
         """Orders newest first: one's own, or (administrators) anyone's, filtered by owner and status."""
         conditions = []
@@ -413,30 +381,20 @@ class OrderService:
                 select(*ORDER_COLUMNS)
                 .where(*conditions)
                 .order_by(ORDERS.c.created_at.desc(), ORDERS.c.id.desc())
-                .limit(limit)
-                .offset(offset)
+                .limit(request.limit)
+                .offset(request.offset)
             )
         ).all()
         lines = await self._lines([row.id for row in rows])
         items = [OrderOut(**row._asdict(), lines=lines[row.id]) for row in rows]
-        return OrderPage(items=items, total=total, limit=limit, offset=offset)
+        return OrderPage.of(items, total=total, request=request)
 
     async def _lines(self, order_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[OrderLineOut]]:
         lines: dict[uuid.UUID, list[OrderLineOut]] = defaultdict(list)
         if not order_ids:
             return lines
-        rows = await self.session.execute(LINES_OF_ORDERS, {"order_ids": order_ids})
-        for row in rows:
-            lines[row.order_id].append(
-                OrderLineOut(
-                    product_id=row.product_id,
-                    sku=row.sku,
-                    name=row.name,
-                    unit_price=row.unit_price,
-                    quantity=row.quantity,
-                    line_total=row.unit_price * row.quantity,
-                )
-            )
+        for row in await self.session.execute(LINES_OF_ORDERS, {"order_ids": order_ids}):
+            lines[row.order_id].append(_line_out(row))
         return lines
 
     @retry_transient
@@ -452,9 +410,9 @@ class OrderService:
             Conflict: The order is in a state the action cannot start from.
         """
         async with unit_of_work(self.session):
-            order = await self.session.scalar(select(Order).where(Order.id == order_id).with_for_update())
-            if order is None or (order.user_id != user.id and not user.is_admin):
-                raise NotFound("No such order.")
+            order = _visible(
+                user, await self.session.scalar(select(Order).where(Order.id == order_id).with_for_update())
+            )
             if action == "pay" and order.user_id != user.id:
                 raise Forbidden("Only the customer pays an order.")
             reason = "customer" if order.user_id == user.id else "admin"
@@ -549,11 +507,104 @@ class OrderService:
         async with unit_of_work(self.session):
             return await upsert_if_newer(
                 self.session,
-                cast("Table", KnownUser.__table__),
+                KNOWN_USERS,
                 key={"user_id": user_id},
                 values=values,
                 sequence=sequence,
             )
+
+
+class _Owned(Protocol):
+    @property
+    def user_id(self) -> uuid.UUID: ...
+
+
+_OwnedT = TypeVar("_OwnedT", bound=_Owned)
+
+
+def _visible(user: Principal, order: _OwnedT | None) -> _OwnedT:
+    """The order (a row or a model), if ``user`` may see it: its owner or an administrator.
+
+    Raises:
+        NotFound: No such order, or someone else's: the same answer, so order ids don't leak.
+    """
+    if order is None or (order.user_id != user.id and not user.is_admin):
+        raise NotFound("No such order.")
+    return order
+
+
+def _quantities(items: Sequence[OrderItem]) -> dict[uuid.UUID, int]:
+    """How many of each product the order asks for.
+
+    Raises:
+        Unprocessable: A product appears twice.
+    """
+    quantities = {item.product_id: item.quantity for item in items}
+    if len(quantities) != len(items):
+        raise Unprocessable("Each product may appear only once in an order.")
+    return quantities
+
+
+def _on_sale(locked: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) -> list[ProductRow]:
+    """The ordered products that exist and are on sale, in id order.
+
+    Raises:
+        Unprocessable: Naming every ordered product that is unknown or inactive.
+    """
+    products = [p for p in locked if p.is_active]
+    unknown = sorted(str(product_id) for product_id in quantities.keys() - {p.id for p in products})
+    if unknown:
+        raise Unprocessable(f"Unknown or unavailable products: {', '.join(unknown)}.")
+    return products
+
+
+def _one_currency(products: Sequence[ProductRow]) -> str:
+    """The order's currency: every product's.
+
+    Raises:
+        Unprocessable: The products are priced in several currencies.
+    """
+    currencies = {p.currency for p in products}
+    if len(currencies) > 1:
+        raise Unprocessable(f"An order has one currency; these products are priced in {', '.join(sorted(currencies))}.")
+    return str(currencies.pop())
+
+
+def _require_stock(products: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) -> None:
+    """Raises Conflict naming every product with less stock than ordered (nothing is reserved then)."""
+    short = [f"{p.sku} (wanted {quantities[p.id]}, in stock {p.stock})" for p in products if p.stock < quantities[p.id]]
+    if short:
+        raise Conflict(f"Not enough stock for: {'; '.join(short)}.")
+
+
+def _price(products: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) -> list[PricedLine]:
+    """One line per product at its catalog price now (a later price change never alters the order)."""
+    return [
+        PricedLine(product_id=p.id, sku=p.sku, name=p.name, unit_price=p.price, quantity=quantities[p.id])
+        for p in products
+    ]
+
+
+def _line_out(line: PricedLine | Row[*tuple[Any, ...]]) -> OrderLineOut:
+    """A line as answered: a line being placed, or one read back (the same fields, stored)."""
+    return OrderLineOut(
+        product_id=line.product_id,
+        sku=line.sku,
+        name=line.name,
+        unit_price=line.unit_price,
+        quantity=line.quantity,
+        line_total=line.unit_price * line.quantity,
+    )
+
+
+def _placed_event(order: OrderOut, lines: Sequence[PricedLine]) -> OrderPlaced:
+    return OrderPlaced(
+        order_id=order.id,
+        user_id=order.user_id,
+        lines=[OrderLineEvent(**line._asdict()) for line in lines],
+        total=order.total,
+        currency=order.currency,
+    )
 
 
 def _product_out(product: Product) -> ProductOut:

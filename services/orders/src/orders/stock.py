@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from sqlalchemy import any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from orders.models import OrderLine, Product
+from orders.models import LINES, PRODUCTS
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Mapping, Sequence
 
-    from sqlalchemy import Row, Table
+    from sqlalchemy import Row
     from sqlalchemy.ext.asyncio import AsyncSession
 
 __all__ = ("PRODUCT_COLUMNS", "LockedStock", "ProductRow", "lock_stock", "return_stock")
@@ -42,8 +42,6 @@ __all__ = ("PRODUCT_COLUMNS", "LockedStock", "ProductRow", "lock_stock", "return
 ProductRow: TypeAlias = "Row[*tuple[Any, ...]]"
 """A product row with every column of :data:`PRODUCT_COLUMNS`."""
 
-PRODUCTS = cast("Table", Product.__table__)
-LINES = cast("Table", OrderLine.__table__)
 PRODUCT_COLUMNS = (
     PRODUCTS.c.id,
     PRODUCTS.c.sku,
