@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from litestar.di import NamedDependency
 from litestar.middleware import ASGIMiddleware
 
-from shared.errors import Forbidden, NotFound, Unauthorized
+from shared.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -47,7 +47,6 @@ __all__ = (
     "keys_from_jwks",
     "load_public_keys",
     "provide_current_user",
-    "require_owner_or_admin",
     "signed_in",
 )
 
@@ -355,16 +354,6 @@ async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRout
         raise Unauthorized("Sign in first: this endpoint needs a bearer access token.")
     if not principal.is_admin:
         raise Forbidden("Only administrators may do this.")
-
-
-def require_owner_or_admin(user: Principal, owner_id: uuid.UUID) -> None:
-    """Let the owner of a resource, or an admin, through; anyone else learns nothing.
-
-    Raises:
-        NotFound: Neither owner nor admin: answered as if the resource did not exist, so ids don't leak.
-    """
-    if user.id != owner_id and not user.is_admin:
-        raise NotFound("No such resource.")
 
 
 async def provide_current_user(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
