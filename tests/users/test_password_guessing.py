@@ -12,7 +12,7 @@ import pytest
 from devtools.testing import serve_app
 from tests.users.conftest import PASSWORD, bearer, login, register
 from users.app import create_app
-from users.service import PasswordHasher
+from users.passwords import PasswordHasher
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

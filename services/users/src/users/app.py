@@ -12,9 +12,11 @@ from shared.auth import AccessTokenSigner, TokenVerifier
 from shared.db import ServiceDatabase
 from shared.revocations import TokenRevocations
 from users.models import OUTBOX, Base, User
+from users.passwords import PasswordHasher
 from users.routes import AdminUserController, AuthController, KeysController, ProfileController
-from users.service import PasswordHasher, UserService
+from users.service import UserService
 from users.settings import UsersSettings, load_users_settings
+from users.sign_in import SignInService
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -51,7 +53,10 @@ def create_app(
     hasher = hasher or PasswordHasher.from_settings(settings)
 
     def provide_users(db_session: NamedDependency[AsyncSession]) -> UserService:
-        return UserService(session=db_session, settings=settings, signer=signer, hasher=hasher, outbox=OUTBOX)
+        return UserService(session=db_session, settings=settings, hasher=hasher, outbox=OUTBOX)
+
+    def provide_sign_in(db_session: NamedDependency[AsyncSession]) -> SignInService:
+        return SignInService(session=db_session, settings=settings, signer=signer, hasher=hasher, outbox=OUTBOX)
 
     return create_service_app(
         ServiceApp(
@@ -63,6 +68,7 @@ def create_app(
             route_handlers=[AuthController, KeysController, ProfileController, AdminUserController],
             dependencies={
                 "users": Provide(provide_users, sync_to_thread=False),
+                "sign_in": Provide(provide_sign_in, sync_to_thread=False),
                 "signer": Provide(lambda: signer, sync_to_thread=False),
             },
             token_verifier=TokenVerifier(

@@ -32,19 +32,15 @@ async def create_admin_account(
     from sqlalchemy import pool
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    from users.app import create_signer
     from users.models import OUTBOX
-    from users.service import PasswordHasher, UserService
+    from users.passwords import PasswordHasher
+    from users.service import UserService
 
     engine = create_async_engine(settings.database_url, poolclass=pool.NullPool)
     try:
         async with async_sessionmaker(engine, expire_on_commit=False)() as session:
             users = UserService(
-                session=session,
-                settings=settings,
-                signer=create_signer(settings),
-                hasher=PasswordHasher.from_settings(settings),
-                outbox=OUTBOX,
+                session=session, settings=settings, hasher=PasswordHasher.from_settings(settings), outbox=OUTBOX
             )
             account, created = await users.create_admin(email=email, password=password, display_name=display_name)
             return str(account.id), created

@@ -26,10 +26,12 @@ from users.schemas import (
     UserPage,
 )
 from users.service import UserService
+from users.sign_in import SignInService
 
 __all__ = ("AdminUserController", "AuthController", "KeysController", "ProfileController")
 
 Users = NamedDependency[UserService]
+SignIn = NamedDependency[SignInService]
 ClientAddress = NamedDependency[str]
 """The client's address behind trusted proxies (``shared.client_address``), from ``shared.app``."""
 
@@ -54,9 +56,9 @@ class AuthController(Controller):
         return await users.register(data, client_address=client_address)
 
     @post("/login", status_code=HTTP_200_OK, operation_id="login", domain_errors=(TooManyRequests,))
-    async def login(self, data: JSONBody[LoginRequest], users: Users, client_address: ClientAddress) -> TokenPair:
+    async def login(self, data: JSONBody[LoginRequest], sign_in: SignIn, client_address: ClientAddress) -> TokenPair:
         """Sign in with email and password as JSON. Rate-limited per account and per client address."""
-        return await users.login(email=data.email, password=data.password, client_address=client_address)
+        return await sign_in.login(email=data.email, password=data.password, client_address=client_address)
 
     @post(
         "/token",
@@ -65,19 +67,19 @@ class AuthController(Controller):
         domain_errors=(TooManyRequests,),
         oauth2_token_endpoint=True,  # HTTP Basic client credentials are accepted (and ignored) here
     )
-    async def token(self, data: URLEncodedBody[LoginForm], users: Users, client_address: ClientAddress) -> TokenPair:
+    async def token(self, data: URLEncodedBody[LoginForm], sign_in: SignIn, client_address: ClientAddress) -> TokenPair:
         """Sign in with the OAuth2 password grant form (``username`` is the email)."""
-        return await users.login(email=data.username, password=data.password, client_address=client_address)
+        return await sign_in.login(email=data.username, password=data.password, client_address=client_address)
 
     @post("/refresh", status_code=HTTP_200_OK, operation_id="refresh")
-    async def refresh(self, data: JSONBody[RefreshRequest], users: Users) -> TokenPair:
+    async def refresh(self, data: JSONBody[RefreshRequest], sign_in: SignIn) -> TokenPair:
         """Trade a refresh token for a new pair. Each refresh token works once."""
-        return await users.refresh(data.refresh_token)
+        return await sign_in.refresh(data.refresh_token)
 
     @post("/logout", status_code=HTTP_204_NO_CONTENT, operation_id="logout")
-    async def logout(self, data: JSONBody[RefreshRequest], users: Users) -> None:
+    async def logout(self, data: JSONBody[RefreshRequest], sign_in: SignIn) -> None:
         """Revoke the refresh token and every token rotated from the same sign-in."""
-        await users.logout(data.refresh_token)
+        await sign_in.logout(data.refresh_token)
 
 
 class KeysController(Controller):
@@ -135,7 +137,7 @@ class AdminUserController(Controller):
         q: Annotated[str | None, QueryParameter(max_length=100, description="Search email and name.")] = None,
     ) -> UserPage:
         """Accounts, newest first, optionally filtered by a search term."""
-        return await users.list(search=q, limit=page.limit, offset=page.offset)
+        return await users.list(search=q, page=page)
 
     @get("/{user_id:uuid}", operation_id="getUser")
     async def show_user(self, user_id: FromPath[uuid.UUID], users: Users) -> UserOut:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from shared.addresses import InvalidDisplayName, InvalidEmail, canonical_email, check_display_name
+from shared.pagination import Page
 
 __all__ = (
     "AdminUserUpdate",
@@ -52,24 +54,26 @@ DisplayName = Annotated[
 Role = Literal["user", "admin"]
 
 
+_CANONICAL_FORMS: tuple[tuple[str, Callable[[str], str]], ...] = (
+    ("email", canonical_email),
+    ("display_name", check_display_name),
+)
+
+
 def _canonical_fields(struct: msgspec.Struct) -> None:
     """Put ``email`` and ``display_name`` in their stored form, or refuse them naming the field.
 
     Runs while the body is decoded, so a refusal is a 400 that names the field (the problem
     handler reads the field from "field `...`"), and the service only ever sees canonical values.
     """
-    try:
-        email = getattr(struct, "email", UNSET)
-        if isinstance(email, str):
-            msgspec.structs.force_setattr(struct, "email", canonical_email(email))
-    except InvalidEmail as error:
-        raise ValueError(f"Invalid value for field `email`: {error}") from None
-    try:
-        name = getattr(struct, "display_name", UNSET)
-        if isinstance(name, str):
-            msgspec.structs.force_setattr(struct, "display_name", check_display_name(name))
-    except InvalidDisplayName as error:
-        raise ValueError(f"Invalid value for field `display_name`: {error}") from None
+    for field, canonical in _CANONICAL_FORMS:
+        value = getattr(struct, field, UNSET)
+        if not isinstance(value, str):
+            continue
+        try:
+            msgspec.structs.force_setattr(struct, field, canonical(value))
+        except (InvalidEmail, InvalidDisplayName) as error:
+            raise ValueError(f"Invalid value for field `{field}`: {error}") from None
 
 
 class RegisterUser(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -147,10 +151,7 @@ class UserOut(msgspec.Struct, frozen=True):
     updated_at: datetime.datetime
 
 
-class UserPage(msgspec.Struct, frozen=True):
+class UserPage(Page[UserOut], frozen=True):
     """One page of accounts."""
 
     items: list[UserOut]
-    total: int
-    limit: int
-    offset: int
