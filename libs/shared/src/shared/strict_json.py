@@ -10,6 +10,9 @@ document of ``shared.errors``); Litestar's own decoding then runs as before.
 
 Strict, but by JSON Schema's rules: a number with a zero fraction (``3.0``) is an integer there,
 so it is accepted where an integer is documented.
+
+The strict check is one typed decode in msgspec's C code (a decoder per body type, made once);
+only a body it refuses is decoded again loosely, to tell an integral float from a real mistake.
 """
 
 from __future__ import annotations
@@ -25,28 +28,26 @@ if TYPE_CHECKING:
 
 __all__ = ("refuse_loose_json",)
 
-_NOTHING = object()
 # Keyed by id(), with the handler kept in the value: a process that builds several apps (tests do)
 # would otherwise free handlers, and a reused id would decode one route's body with another route's
 # type. (Not a WeakKeyDictionary: Litestar's generated OPTIONS handlers cannot be weakly referenced.)
-_types: dict[int, tuple[Any, Any]] = {}
+_types: dict[int, tuple[Any, msgspec.json.Decoder[Any] | None]] = {}
 
 
-def _body_type(request: Request[Any, Any, Any]) -> Any:
-    """The handler's JSON body type, or ``_NOTHING`` (no body, not JSON, or not a type msgspec knows)."""
+def _strict_decoder(request: Request[Any, Any, Any]) -> msgspec.json.Decoder[Any] | None:
+    """A strict decoder of the handler's JSON body type; None: no body, not JSON, or not a type msgspec knows."""
     handler = request.route_handler
     known = _types.get(id(handler))
     if known is None or known[0] is not handler:
-        body_type: Any = _NOTHING
+        decoder = None
         field = handler.parsed_data_field
         media_type = getattr(field.kwarg_definition, "media_type", None) if field is not None else None
         if field is not None and media_type in (None, RequestEncodingType.JSON):
             try:
-                msgspec.json.Decoder(field.annotation)
-                body_type = field.annotation
+                decoder = msgspec.json.Decoder(field.annotation, strict=True)
             except TypeError:  # a type msgspec cannot decode by itself: Litestar's decoding only
-                body_type = _NOTHING
-        known = _types[id(handler)] = (handler, body_type)
+                decoder = None
+        known = _types[id(handler)] = (handler, decoder)
     return known[1]
 
 
@@ -66,18 +67,26 @@ async def refuse_loose_json(request: Request[Any, Any, Any]) -> None:
     Raises:
         ValidationException: A value of the wrong type (the message names where it is).
     """
-    body_type = _body_type(request)
-    if body_type is _NOTHING:
+    decoder = _strict_decoder(request)
+    if decoder is None:
         return
     body = await request.body()
     if not body:
         return  # no body: Litestar's own validation says what is missing
     try:
-        value = msgspec.json.decode(body)
+        decoder.decode(body)
+    except msgspec.ValidationError:
+        pass  # maybe only an integral float where an integer is documented: look closer below
     except msgspec.DecodeError:
         return  # not JSON at all: Litestar answers that itself
+    else:
+        return
     try:
-        msgspec.convert(_integral_floats_as_ints(value), body_type, strict=True)
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return
+    try:
+        msgspec.convert(_integral_floats_as_ints(value), decoder.type, strict=True)
     except msgspec.ValidationError as error:
         raise ValidationException(
             detail=str(error), extra=[{"key": "data", "source": "body", "message": str(error)}]
