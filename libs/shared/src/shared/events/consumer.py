@@ -1,16 +1,20 @@
-"""Exactly-once effect in: durable pull consumers whose every message is one database transaction.
+"""Exactly-once effect in: durable pull consumers that apply each fetched batch in one transaction.
 
-Each message: insert its event id into the service's inbox (a duplicate is acknowledged and
-skipped), run the handler in the same transaction (it may add outbox events), commit, run what the
-handler left for after the commit, then ack.
-A failure is handed back with ``nak(delay)`` on an exponential schedule; the last allowed attempt,
-or a message that cannot be decoded at all, goes to ``dlq.<stream>.<consumer>`` and is terminated.
+Each batch: one transaction records every event id of the batch in the service's inbox in one
+statement (the ids it did not record are duplicates: skipped), then runs each message's handler
+under a savepoint of its own, so a failing handler is rolled back alone (its inbox row too) while
+the others commit together. After the commit: what the handlers left for after it, in order, then
+the acks. A failure is handed back with ``nak(delay)`` on an exponential schedule; the last allowed
+attempt, or a message that cannot be decoded at all, goes to ``dlq.<stream>.<consumer>`` and is
+terminated. A commit that fails (the connection lost) hands every message of the batch back: the
+inbox deduplicates the redelivery if the commit happened after all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,8 +25,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import bindparam
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import any_, bindparam, delete, func, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 
 from shared.events.contracts import DecodedEvent, EventPayload, UndecodableEventError, decode_event
 from shared.events.metrics import (
@@ -37,8 +41,11 @@ from shared.events.pacing import pause
 from shared.events.streams import dead_letter_subject, ensure_consumer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
+    from opentelemetry.trace import Span
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from shared.events.contracts import Envelope
@@ -120,7 +127,7 @@ class EventConsumer:
         js: JetStream.
         outbox: The service's outbox: offered to handlers that publish in turn, and it names the
             service's event tables, whose inbox records what was applied.
-        batch_size: Messages fetched at once.
+        batch_size: Messages fetched at once, and applied in one transaction.
         fetch_timeout: Seconds a fetch waits for messages.
     """
 
@@ -143,12 +150,40 @@ class EventConsumer:
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
         start_consumer_series(spec.durable)
-        tables = outbox.tables
+        inbox = outbox.tables.inbox
         self._record = (
-            insert(tables.inbox)
+            insert(inbox)
             .values(consumer=spec.durable, event_id=bindparam("event_id"), event_type=bindparam("event_type"))
             .on_conflict_do_nothing()
-            .returning(tables.inbox.c.event_id)
+            .returning(inbox.c.event_id)
+        )
+        # The whole batch in one statement whatever its size (one cached plan): the ids it returns
+        # are the ones this transaction recorded; any other was applied before (a duplicate).
+        # Rows go in id order, so two replicas whose batches share ids wait for each other in one
+        # order instead of deadlocking.
+        arrived = (
+            func.unnest(
+                bindparam("event_ids", type_=ARRAY(inbox.c.event_id.type)),
+                bindparam("event_types", type_=ARRAY(inbox.c.event_type.type)),
+            )
+            .table_valued("event_id", "event_type")
+            .render_derived(name="arrived")
+        )
+        self._record_batch = (
+            insert(inbox)
+            .from_select(
+                ["consumer", "event_id", "event_type"],
+                select(
+                    literal(spec.durable, type_=inbox.c.consumer.type), arrived.c.event_id, arrived.c.event_type
+                ).order_by(arrived.c.event_id),
+            )
+            .on_conflict_do_nothing()
+            .returning(inbox.c.event_id)
+        )
+        # A message whose handler failed leaves the batch: its inbox row must not commit either.
+        self._forget = delete(inbox).where(
+            inbox.c.consumer == spec.durable,
+            inbox.c.event_id == any_(bindparam("event_ids", type_=ARRAY(inbox.c.event_id.type))),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -180,52 +215,162 @@ class EventConsumer:
                     await pause(stop, min(0.5 * failures, 5.0))
                     continue
                 failures = 0
-                for message in messages:
-                    await self.process(message)  # in order; a stop waits for the batch in hand
+                await self.process_batch(messages)  # a stop waits for the batch in hand
         finally:
             await _unsubscribe(subscription)
 
     async def process(self, message: Msg) -> str:
         """Apply one message exactly once, or hand it back, or dead-letter it."""
-        attempt = message.metadata.num_delivered
+        [outcome] = await self.process_batch([message])
+        return outcome
+
+    async def process_batch(self, messages: Sequence[Msg]) -> list[str]:
+        """Apply fetched messages in one transaction, each exactly once, and settle each with the server.
+
+        Every message is acked only after the commit that holds its effect; a message whose handler
+        failed is rolled back to its savepoint and handed back (or dead-lettered) while the others
+        commit; a message already in the inbox is acked and skipped.
+
+        Returns:
+            Each message's outcome, in the order given (a handed-back message counts as ignored).
+        """
+        outcomes = [HandlerOutcome.IGNORED] * len(messages)
+        deliveries: list[_Delivery] = []
+        for index, message in enumerate(messages):
+            try:
+                decoded = decode_event(message.data)
+            except UndecodableEventError as error:
+                await self.dead_letter(message, f"undecodable: {error}")
+                continue
+            handler = self.handlers.get(type(decoded.payload))
+            if handler is None:
+                await message.ack()  # nothing to apply, so nothing to wait for
+                continue
+            try:
+                event_id = uuid.UUID(decoded.envelope.id)
+            except ValueError:
+                # The inbox keys on the id: checked here, so one bad message cannot fail its batch.
+                await self.dead_letter(message, f"undecodable: event id {decoded.envelope.id[:100]!r} is not a UUID")
+                continue
+            span = self._start_span(message, decoded)
+            deliveries.append(_Delivery(index, message, decoded, event_id, handler, span))
+        if not deliveries:
+            return outcomes
+        keep_alive = asyncio.create_task(self._keep_alive([delivery.message for delivery in deliveries]))
         try:
-            decoded = decode_event(message.data)
-        except UndecodableEventError as error:
-            await self.dead_letter(message, f"undecodable: {error}")
-            return HandlerOutcome.IGNORED
-        handler = self.handlers.get(type(decoded.payload))
-        if handler is None:
-            await message.ack()
-            return HandlerOutcome.IGNORED
-        parent = propagate.extract(message.headers or {})
-        with tracer.start_as_current_span(
+            await self._apply_batch(deliveries)
+            await self._settle(deliveries, alone=len(deliveries) == 1)
+        finally:
+            keep_alive.cancel()
+            for delivery in deliveries:
+                delivery.span.end()  # ended here too when the process is cancelled mid-batch
+        for delivery in deliveries:
+            outcomes[delivery.index] = delivery.outcome
+        return outcomes
+
+    def _start_span(self, message: Msg, decoded: DecodedEvent) -> Span:
+        # One CONSUMER span per message, child of its producer's span (the batch is only a transport
+        # detail: each message's trace continues the request that caused it).
+        return tracer.start_span(
             f"process {message.subject}",
-            context=parent,
+            context=propagate.extract(message.headers or {}),
             kind=SpanKind.CONSUMER,
             attributes={
                 **messaging_attributes(message.subject, decoded.envelope.id, "process"),
                 "messaging.consumer.group.name": self.spec.durable,
-                "messaging.message.delivery_attempt": attempt,
+                "messaging.message.delivery_attempt": message.metadata.num_delivered,
             },
-        ) as span:
-            keep_alive = asyncio.create_task(self._keep_alive(message))
+        )
+
+    async def _apply_batch(self, deliveries: list[_Delivery]) -> None:
+        """The inbox rows and every handler's effects in one transaction, a savepoint per message."""
+        failed: dict[uuid.UUID, Exception] = {}
+        try:
+            async with self.session_maker() as session, session.begin():
+                recorded = await self._record_all(session, deliveries)
+                for delivery in deliveries:
+                    event_id = delivery.event_id
+                    if event_id in failed:  # a copy of an event that failed just now: the same fate
+                        delivery.fail(failed[event_id])
+                    elif event_id not in recorded:
+                        delivery.outcome = HandlerOutcome.DUPLICATE
+                    else:
+                        recorded.discard(event_id)  # a later copy in this batch is a duplicate
+                        error = await self._apply_one(session, delivery)
+                        if error is not None:
+                            failed[event_id] = error
+                if failed:
+                    await session.execute(self._forget, {"event_ids": list(failed)})
+        except Exception as error:  # noqa: BLE001 - the commit failed or its outcome is unknown
+            # Handler failures are caught per message, so this is the transaction itself (the inbox
+            # insert, the commit, the connection under them): nothing of the batch may be acked. If
+            # the commit did happen, the redelivery finds the inbox rows and skips the effects.
+            log.warning("batch transaction failed", consumer=self.spec.durable, error=repr(error))
+            for delivery in deliveries:
+                delivery.fail(error, batch=True)
+
+    async def _record_all(self, session: AsyncSession, deliveries: list[_Delivery]) -> set[uuid.UUID]:
+        """Insert the batch's inbox rows; the ids inserted (the others were applied before)."""
+        types = {delivery.event_id: delivery.decoded.envelope.type for delivery in deliveries}
+        if len(types) == 1:  # the common case at a low rate: the plain statement is cheaper
+            [(event_id, event_type)] = types.items()
+            recorded = await session.execute(self._record, {"event_id": event_id, "event_type": event_type})
+        else:
+            recorded = await session.execute(
+                self._record_batch, {"event_ids": list(types), "event_types": list(types.values())}
+            )
+        return set(recorded.scalars())
+
+    async def _apply_one(self, session: AsyncSession, delivery: _Delivery) -> Exception | None:
+        """Run one handler under its savepoint; its failure rolls back only what it did."""
+        context = EventContext(session=session, envelope=delivery.decoded.envelope, outbox=self.outbox)
+        with trace.use_span(delivery.span, end_on_exit=False):
             try:
-                outcome = await self.apply(decoded, handler)
+                async with session.begin_nested():
+                    await delivery.handler(delivery.decoded.payload, context)
             except Exception as error:  # noqa: BLE001 - any handler failure is retried or dead-lettered
-                span.record_exception(error)
-                span.set_status(trace.StatusCode.ERROR)
-                await self._retry_or_give_up(message, attempt, error)
-                return HandlerOutcome.IGNORED
-            finally:
-                keep_alive.cancel()
-            await message.ack()
-        (CONSUMER_DUPLICATES if outcome == HandlerOutcome.DUPLICATE else CONSUMER_PROCESSED).labels(
-            self.spec.durable
-        ).inc()
-        return outcome
+                delivery.fail(error)
+                return error
+        delivery.outcome = HandlerOutcome.APPLIED
+        delivery.after_commit = context.after_commit
+        return None
+
+    async def _settle(self, deliveries: list[_Delivery], *, alone: bool) -> None:
+        """After the commit: after-commit effects in order, acks, and hand-backs for the failures."""
+        for delivery in deliveries:
+            if delivery.error is not None and not alone and not delivery.batch_failed:
+                await self._retry_alone(delivery)
+            if delivery.error is not None:
+                delivery.span.record_exception(delivery.error)
+                delivery.span.set_status(trace.StatusCode.ERROR)
+                await self._retry_or_give_up(delivery.message, delivery.attempt, delivery.error)
+                continue
+            await self._run_after_commit(delivery.decoded, delivery.after_commit)
+            await delivery.message.ack()
+            counter = CONSUMER_DUPLICATES if delivery.outcome == HandlerOutcome.DUPLICATE else CONSUMER_PROCESSED
+            counter.labels(self.spec.durable).inc()
+
+    async def _retry_alone(self, delivery: _Delivery) -> None:
+        """Give a message that failed with a transient database error in a batch one more go alone.
+
+        A batch holds the locks of all its handlers until it commits, so a handler written for a
+        transaction of its own can meet a deadlock or serialization failure there that it would not
+        meet alone: those it retries at once in its own transaction. Other failures are the
+        handler's own and go back to the server as before.
+        """
+        if delivery.error is None or transient_sqlstate(delivery.error) is None:
+            return
+        with trace.use_span(delivery.span, end_on_exit=False):
+            try:
+                delivery.outcome = await self.apply(delivery.decoded, delivery.handler)
+            except Exception as error:  # noqa: BLE001 - handed back below, as any failure
+                delivery.error = error
+                return
+        delivery.error = None
+        delivery.after_commit = []  # apply() ran them after its own commit
 
     async def apply(self, decoded: DecodedEvent, handler: Handler) -> str:
-        """The inbox row and the handler's effects in one transaction, then its after-commit effects."""
+        """One event alone: its inbox row and the handler's effects in one transaction, then after-commit effects."""
         async with self.session_maker() as session, session.begin():
             recorded = await session.execute(
                 self._record, {"event_id": decoded.envelope.id, "event_type": decoded.envelope.type}
@@ -288,13 +433,59 @@ class EventConsumer:
         CONSUMER_DEAD_LETTERED.labels(self.spec.durable).inc()
         await message.term()
 
-    async def _keep_alive(self, message: Msg) -> None:
-        """Tell the server a long handler is still working, so it does not redeliver meanwhile."""
+    async def _keep_alive(self, messages: list[Msg]) -> None:
+        """Tell the server a long batch is still being worked on, so it does not redeliver meanwhile."""
         interval = max(self.spec.ack_wait_seconds / 3, 0.5)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(NatsError):
-                await message.in_progress()
+            for message in messages:
+                with contextlib.suppress(NatsError):
+                    await message.in_progress()
+
+
+@dataclass
+class _Delivery:
+    """One message of a batch on its way through the batch's transaction."""
+
+    index: int
+    message: Msg
+    decoded: DecodedEvent
+    event_id: uuid.UUID
+    """The envelope's id as the inbox holds it (two spellings of one UUID are one event)."""
+    handler: Handler
+    span: Span
+    outcome: str = HandlerOutcome.IGNORED
+    error: Exception | None = None
+    batch_failed: bool = False
+    """The batch's transaction failed: nothing of it is known to have committed."""
+    after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def attempt(self) -> int:
+        return self.message.metadata.num_delivered
+
+    def fail(self, error: Exception, *, batch: bool = False) -> None:
+        self.outcome = HandlerOutcome.IGNORED
+        self.after_commit = []
+        if self.error is None or batch:
+            self.error = error
+        self.batch_failed = self.batch_failed or batch
+
+
+def transient_sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of ``error`` (or of its causes) if it is a deadlock or serialization failure."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if state in _TRANSIENT_SQLSTATES:
+            return str(state)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 
 async def _unsubscribe(subscription: Any) -> None:
