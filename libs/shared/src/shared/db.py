@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg.exceptions
 import sqlalchemy.exc
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "NAMING_CONVENTION",
+    "POOL_HEALTH",
     "contains_pattern",
     "database_failure_reason",
     "is_database_unavailable",
@@ -137,6 +138,19 @@ def schema_registry(schema: str) -> orm_registry:
     )
 
 
+POOL_HEALTH: Final = {"pool_pre_ping": False, "pool_recycle": 1800}
+"""How pooled connections stay healthy without a round trip per checkout.
+
+``pool_pre_ping`` would send a ``SELECT 1`` before every request's first statement: one more round
+trip on every read. Instead a connection older than 30 minutes is replaced (``pool_recycle``, below
+the idle timeouts of proxies and servers), and one that died anyway (Postgres restarted) fails its
+first statement: that request answers 503 with ``Retry-After`` (``is_database_unavailable``), a
+worker's message is retried, and SQLAlchemy, seeing a disconnect, invalidates every connection of
+the pool that is older than the failure, so one request per process pays for a restart, not one
+per pooled connection.
+"""
+
+
 def alchemy_config(database_url: str, *, pool_size: int, null_pool: bool = False) -> SQLAlchemyAsyncConfig:
     """advanced-alchemy's Litestar config for a service.
 
@@ -148,9 +162,7 @@ def alchemy_config(database_url: str, *, pool_size: int, null_pool: bool = False
     engine_config = (
         EngineConfig(poolclass=pool.NullPool, hide_parameters=True)
         if null_pool
-        else EngineConfig(
-            pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800, hide_parameters=True
-        )
+        else EngineConfig(pool_size=pool_size, max_overflow=pool_size, hide_parameters=True, **POOL_HEALTH)
     )
     return SQLAlchemyAsyncConfig(
         connection_string=database_url,
