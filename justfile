@@ -39,12 +39,13 @@ lint:
 asyncapi:
     python -m devtools.asyncapi
 
-# benchmarks, each against a baseline measured in the same run (~1 minute); args go to the events pipeline
+# benchmarks, each against a baseline measured in the same run (~1 minute each; the HTTP one ~15); args go to the events pipeline
 bench *args:
     python -m bench.events_pipeline {{args}}
     python -m bench.order_reads
     python -m bench.email
     python -m bench.input_boundary
+    python -m bench.http
 
 # format and fix what ruff can
 fmt:
