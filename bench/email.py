@@ -38,7 +38,7 @@ from uuid_utils.compat import uuid7
 from notify.app import DATABASE
 from notify.mail import OutgoingEmail, prepare_email, sender_address, transport_from_url
 from notify.models import Contact, DeliveryStatus, EmailDelivery
-from notify.service import EmailSender
+from notify.sending import EmailSender
 from notify.settings import NotifySettings
 from notify.templates import NotificationTemplates
 from notify.tokens import UnsubscribeLinks

@@ -16,18 +16,22 @@ from sqlalchemy import func, insert, select, update
 from uuid_utils.compat import uuid7
 
 from devtools.testing import eventually
-from notify.events import users_replica_handlers
-from notify.mail import OutgoingEmail, SendFailure, build_message, transport_from_url
+from notify.mail import OutgoingEmail, SendFailure, build_message
 from notify.models import DeliveryStatus, EmailDelivery
-from notify.service import ContactReplica, EmailSender
-from tests.notify.conftest import (
+from notify.sending import EmailSender
+from notify.service import ContactReplica
+from tests.notify.helpers import (
+    INJECTED_URL,
     MailServer,
     Publisher,
     RunningWorker,
-    apply_directly,
+    corrupt_unsubscribe_url,
     deliveries_of,
+    delivery_of,
     notifications_of,
+    queue_welcome,
     registered,
+    sender_for,
 )
 
 if TYPE_CHECKING:
@@ -38,36 +42,6 @@ if TYPE_CHECKING:
 
     from notify.events import NotificationPipeline
     from notify.settings import NotifySettings
-
-INJECTED_URL = "http://notify.test/notifications/unsubscribe?token=x\r\nBcc: victim@example.com"
-
-
-def sender_for(settings: NotifySettings) -> EmailSender:
-    transport = transport_from_url(settings.email_url, sender=settings.email_from, timeout=5, concurrency=4)
-    return EmailSender(transport=transport, settings=settings)
-
-
-async def queue_welcome(
-    pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession], *, address: str, name: str = "Ada"
-) -> uuid.UUID:
-    """A user as an old ``users.user.registered`` event made them, whatever it held, and their welcome email."""
-    user_id = uuid.uuid4()
-    await apply_directly(sessions, users_replica_handlers(pipeline), registered(user_id, email=address, name=name))
-    return user_id
-
-
-async def corrupt_unsubscribe_url(sessions: async_sessionmaker[AsyncSession], user_id: uuid.UUID) -> None:
-    """A delivery row whose stored header value would add a header: building its email raises."""
-    async with sessions() as session, session.begin():
-        delivery = await session.scalar(select(EmailDelivery).where(EmailDelivery.user_id == user_id))
-        assert delivery is not None
-        delivery.unsubscribe_url = INJECTED_URL
-
-
-async def delivery_of(engine: AsyncEngine, user_id: uuid.UUID) -> EmailDelivery:
-    async with engine.connect() as connection:
-        row = (await connection.execute(select(EmailDelivery).where(EmailDelivery.user_id == user_id))).one()
-    return EmailDelivery(**row._asdict())
 
 
 @pytest.fixture

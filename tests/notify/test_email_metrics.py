@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import msgspec
 from prometheus_client import REGISTRY
 
-from notify.service import EMAIL_OUTCOMES
-from tests.notify.test_email_isolation import corrupt_unsubscribe_url, queue_welcome, sender_for
+from notify.sending import EMAIL_OUTCOMES
+from tests.notify.helpers import corrupt_unsubscribe_url, queue_welcome, sender_for
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from notify.events import NotificationPipeline
     from notify.settings import NotifySettings
-    from tests.notify.conftest import MailServer
+    from tests.notify.helpers import MailServer
 
 
 def counts() -> dict[str, float]:

@@ -5,37 +5,44 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+import pytest
+
 from notify.events import order_notification_handlers, users_replica_handlers
 from shared.events.contracts import OrderShipped
-from tests.notify.conftest import apply_directly, bearer, placed, registered
+from tests.notify.helpers import apply_directly, bearer, placed, registered
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import httpx
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from notify.events import NotificationPipeline
     from shared.auth import AccessTokenSigner
 
+    NotifiedUser = Callable[[int], Awaitable[dict[str, str]]]
 
-async def user_with_notifications(
-    pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession], orders: int
-) -> uuid.UUID:
-    """A user with a welcome and then ``orders`` order notifications, oldest first."""
-    user_id = uuid.uuid4()
-    await apply_directly(sessions, users_replica_handlers(pipeline), registered(user_id))
-    for _ in range(orders):
-        await apply_directly(sessions, order_notification_handlers(pipeline), placed(user_id))
-    return user_id
+
+@pytest.fixture
+def notified_user(
+    pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession], access_token_signer: AccessTokenSigner
+) -> NotifiedUser:
+    """Makes a user with a welcome and then ``orders`` order notifications (oldest first); gives their headers."""
+
+    async def make(orders: int) -> dict[str, str]:
+        user_id = uuid.uuid4()
+        await apply_directly(sessions, users_replica_handlers(pipeline), registered(user_id))
+        for _ in range(orders):
+            await apply_directly(sessions, order_notification_handlers(pipeline), placed(user_id))
+        return bearer(access_token_signer, user_id)
+
+    return make
 
 
 async def test_notifications_come_newest_first_in_pages_with_the_unread_count(
-    client: httpx.AsyncClient,
-    pipeline: NotificationPipeline,
-    sessions: async_sessionmaker[AsyncSession],
-    access_token_signer: AccessTokenSigner,
+    client: httpx.AsyncClient, notified_user: NotifiedUser
 ) -> None:
-    user_id = await user_with_notifications(pipeline, sessions, orders=4)
-    headers = bearer(access_token_signer, user_id)
+    headers = await notified_user(4)
 
     first = (await client.get("/notifications", params={"limit": 3}, headers=headers)).json()
     second = (await client.get("/notifications", params={"limit": 3, "offset": 3}, headers=headers)).json()
@@ -49,13 +56,9 @@ async def test_notifications_come_newest_first_in_pages_with_the_unread_count(
 
 
 async def test_marking_one_read_keeps_its_first_read_time_and_the_unread_filter_leaves_it_out(
-    client: httpx.AsyncClient,
-    pipeline: NotificationPipeline,
-    sessions: async_sessionmaker[AsyncSession],
-    access_token_signer: AccessTokenSigner,
+    client: httpx.AsyncClient, notified_user: NotifiedUser
 ) -> None:
-    user_id = await user_with_notifications(pipeline, sessions, orders=1)
-    headers = bearer(access_token_signer, user_id)
+    headers = await notified_user(1)
     newest = (await client.get("/notifications", headers=headers)).json()["items"][0]
 
     read = await client.post(f"/notifications/{newest['id']}/read", headers=headers)
@@ -63,41 +66,35 @@ async def test_marking_one_read_keeps_its_first_read_time_and_the_unread_filter_
     unread = (await client.get("/notifications", params={"unread": "true"}, headers=headers)).json()
 
     assert read.status_code == 200, read.text
+    assert read.json() == newest | {"read_at": read.json()["read_at"]}
     assert read.json()["read_at"] is not None
-    assert again.json()["read_at"] == read.json()["read_at"]
+    assert again.status_code == 200, again.text
+    assert again.json() == read.json()  # the first read time stays
     assert [item["kind"] for item in unread["items"]] == ["welcome"]
     assert (unread["total"], unread["unread"]) == (1, 1)
 
 
-async def test_read_all_marks_every_unread_notification(
-    client: httpx.AsyncClient,
-    pipeline: NotificationPipeline,
-    sessions: async_sessionmaker[AsyncSession],
-    access_token_signer: AccessTokenSigner,
-) -> None:
-    user_id = await user_with_notifications(pipeline, sessions, orders=2)
-    someone_else = await user_with_notifications(pipeline, sessions, orders=1)
-    headers = bearer(access_token_signer, user_id)
+async def test_read_all_marks_every_unread_notification(client: httpx.AsyncClient, notified_user: NotifiedUser) -> None:
+    headers = await notified_user(2)
+    someone_else = await notified_user(1)
 
     marked = await client.post("/notifications/read-all", headers=headers)
     again = await client.post("/notifications/read-all", headers=headers)
     page = (await client.get("/notifications", headers=headers)).json()
-    theirs = (await client.get("/notifications", headers=bearer(access_token_signer, someone_else))).json()
+    theirs = (await client.get("/notifications", headers=someone_else)).json()
 
-    assert marked.status_code == 200
+    assert (marked.status_code, again.status_code) == (200, 200)
     assert (marked.json(), again.json()) == ({"marked": 3}, {"marked": 0})
     assert (page["total"], page["unread"]) == (3, 0)
-    assert theirs["unread"] == 2
+    assert all(item["read_at"] is not None for item in page["items"])
+    assert (theirs["total"], theirs["unread"]) == (2, 2)
 
 
 async def test_another_users_notification_is_not_found(
-    client: httpx.AsyncClient,
-    pipeline: NotificationPipeline,
-    sessions: async_sessionmaker[AsyncSession],
-    access_token_signer: AccessTokenSigner,
+    client: httpx.AsyncClient, notified_user: NotifiedUser, access_token_signer: AccessTokenSigner
 ) -> None:
-    owner = await user_with_notifications(pipeline, sessions, orders=1)
-    theirs = (await client.get("/notifications", headers=bearer(access_token_signer, owner))).json()["items"][0]
+    owner = await notified_user(1)
+    theirs = (await client.get("/notifications", headers=owner)).json()["items"][0]
     intruder = bearer(access_token_signer, uuid.uuid4())
 
     response = await client.post(f"/notifications/{theirs['id']}/read", headers=intruder)
@@ -108,7 +105,7 @@ async def test_another_users_notification_is_not_found(
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json() == unknown.json() | {"instance": response.json()["instance"]}
     assert page == {"items": [], "total": 0, "unread": 0, "limit": 20, "offset": 0}
-    owners_view = (await client.get("/notifications", headers=bearer(access_token_signer, owner))).json()
+    owners_view = (await client.get("/notifications", headers=owner)).json()
     assert owners_view["unread"] == 2  # untouched by the intruder
 
 

@@ -27,7 +27,7 @@ from shared.events.contracts import (
     new_envelope,
 )
 from shared.events.streams import LIVE_NOTIFICATIONS, ConsumerSpec, consumer
-from tests.notify.conftest import (
+from tests.notify.helpers import (
     Publisher,
     RunningWorker,
     apply_directly,

@@ -9,13 +9,14 @@ from urllib.parse import parse_qs, urlsplit
 from devtools.testing import eventually
 from notify.events import order_notification_handlers, users_replica_handlers
 from notify.models import EmailDelivery, Notification
-from notify.schemas import KINDS
 from shared.events.contracts import OrderPaid, OrderShipped
-from tests.notify.conftest import (
+from tests.notify.helpers import (
+    ALL_ON,
     MailServer,
     Publisher,
     RunningWorker,
     apply_directly,
+    at_least,
     bearer,
     count,
     deliveries_of,
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from notify.events import NotificationPipeline
     from shared.auth import AccessTokenSigner
 
-ALL_ON = {kind: {"in_app": True, "email": True} for kind in KINDS}
-
 
 async def test_every_kind_and_channel_is_on_until_turned_off(
     client: httpx.AsyncClient, access_token_signer: AccessTokenSigner
@@ -47,10 +46,18 @@ async def test_put_replaces_the_preferences_and_what_it_leaves_out_is_on(
 ) -> None:
     headers = bearer(access_token_signer, uuid.uuid4())
     first = {"order_shipped": {"email": False}, "welcome": {"in_app": False, "email": False}}
-    await client.put("/notifications/preferences", json=first, headers=headers)
+    chosen = await client.put("/notifications/preferences", json=first, headers=headers)
+    shown_first = await client.get("/notifications/preferences", headers=headers)
     replaced = await client.put("/notifications/preferences", json={"order_paid": {"in_app": False}}, headers=headers)
     shown = await client.get("/notifications/preferences", headers=headers)
 
+    first_expected = ALL_ON | {
+        "order_shipped": {"in_app": True, "email": False},
+        "welcome": {"in_app": False, "email": False},
+    }
+    assert chosen.status_code == 200, chosen.text
+    assert chosen.json() == first_expected
+    assert shown_first.json() == first_expected  # stored, not only echoed
     expected = ALL_ON | {"order_paid": {"in_app": False, "email": True}}
     assert replaced.status_code == 200, replaced.text
     assert replaced.json() == expected
@@ -83,7 +90,8 @@ async def test_email_off_still_notifies_in_the_app_and_in_app_off_still_emails(
         "order_paid": {"in_app": False},
         "order_shipped": {"email": False},
     }
-    await client.put("/notifications/preferences", json=choice, headers=bearer(access_token_signer, user_id))
+    chosen = await client.put("/notifications/preferences", json=choice, headers=bearer(access_token_signer, user_id))
+    assert chosen.status_code == 200, chosen.text
 
     order = placed(user_id)
     orders = order_notification_handlers(pipeline)
@@ -142,7 +150,7 @@ async def test_the_unsubscribe_link_in_an_email_turns_that_kind_of_email_off_wit
     await publisher.publish(placed(user_id))
     await publisher.publish(OrderShipped(order_id=order.order_id, user_id=user_id))
     await eventually(lambda: _messages(mail_server, 3), what="the shipping email")
-    await eventually(lambda: _count(engine, Notification, 4), what="four notifications")
+    await eventually(lambda: at_least(engine, Notification, 4), what="four notifications")
     subjects = [str(message["Subject"]) for message in mail_server.messages]
     assert sum("placed" in subject for subject in subjects) == 1
     assert await count(engine, EmailDelivery, EmailDelivery.kind == "order_placed") == 1
@@ -178,7 +186,3 @@ async def test_a_forged_or_altered_unsubscribe_token_is_refused(
 
 async def _messages(server: MailServer, expected: int) -> bool:
     return len(server.messages) >= expected
-
-
-async def _count(engine: AsyncEngine, model: type[object], expected: int) -> bool:
-    return await count(engine, model) >= expected

@@ -22,8 +22,17 @@ from shared.auth import AccessTokenSigner, Principal
 from shared.errors import TooManyRequests
 from shared.events.contracts import OrderPaid, UserUpdated
 from shared.revocations import REVOCATION_DETAIL
-from tests.notify.conftest import Publisher, RunningWorker, bearer, count, placed
-from tests.notify.test_live_stream import ApiProcess, EventStream, ServerEvent, api_environment, known_user, open_stream
+from tests.notify.helpers import (
+    ApiProcess,
+    Publisher,
+    RunningWorker,
+    api_environment,
+    at_least,
+    bearer,
+    known_user,
+    open_stream,
+    placed,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -55,14 +64,6 @@ def api(
         process.stop()
 
 
-async def _until_end(stream: EventStream, within: float) -> list[ServerEvent]:
-    rest = []
-    deadline = time.monotonic() + within
-    while (block := await stream.next(within=max(deadline - time.monotonic(), 0.01))) is not None:
-        rest.append(block)
-    return rest
-
-
 async def test_a_stream_ends_at_its_tokens_expiry_and_a_fresh_token_resumes_without_loss(
     api: ApiProcess,
     worker: RunningWorker,
@@ -79,7 +80,7 @@ async def test_a_stream_ends_at_its_tokens_expiry_and_a_fresh_token_resumes_with
     async with open_stream(api.url, {"Authorization": f"Bearer {token}"}) as stream:
         await publisher.publish(order)
         seen = await stream.next_notification()
-        rest = await _until_end(stream, within=30)
+        rest = await stream.until_end(within=30)
         ended_at = time.time()
     assert [ENDED_BY_EXPIRY] in [block.comments for block in rest]
     assert not [block for block in rest if block.event == "notification"]
@@ -87,7 +88,7 @@ async def test_a_stream_ends_at_its_tokens_expiry_and_a_fresh_token_resumes_with
 
     # While the client fetches a fresh token, something happens: the resumed stream has it.
     await publisher.publish(OrderPaid(order_id=order.order_id, user_id=user_id, total=order.total, currency="EUR"))
-    await eventually(lambda: _stored(engine, 2), what="the payment's notification stored")
+    await eventually(lambda: at_least(engine, Notification, 2), what="the payment's notification stored")
     async with open_stream(api.url, bearer(access_token_signer, user_id), last_event_id=seen.id) as resumed:
         missed = await resumed.next_notification()
     assert missed.json()["kind"] == "order_paid"
@@ -116,7 +117,7 @@ async def test_revoking_the_token_ends_its_stream_and_refuses_it(
             ),
             sequence=2,
         )
-        rest = await _until_end(stream, within=30)
+        rest = await stream.until_end(within=30)
     assert [ENDED_BY_REVOCATION] in [block.comments for block in rest]
     async with httpx.AsyncClient(base_url=api.url) as client:
         refused = await client.get("/notifications", headers=old)
@@ -158,10 +159,6 @@ async def test_streams_are_capped_per_user_without_touching_other_users(
             return False
 
     await eventually(both_places_free_again, what="closed streams give their places back")
-
-
-async def _stored(engine: AsyncEngine, expected: int) -> bool:
-    return await count(engine, Notification) >= expected
 
 
 async def test_a_place_taken_for_a_stream_that_never_starts_is_given_back(engine: AsyncEngine) -> None:

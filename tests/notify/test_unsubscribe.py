@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from notify.tokens import MalformedToken, UnsubscribeLinks
-from tests.notify.conftest import bearer
-from tests.notify.test_preferences import ALL_ON
+from tests.notify.helpers import ALL_ON, bearer
 
 if TYPE_CHECKING:
     import httpx

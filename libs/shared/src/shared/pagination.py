@@ -8,7 +8,7 @@ a ``Page`` of the route's item type.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Generic, Self, TypeVar
+from typing import Annotated, Any, Final, Generic, Self, TypeVar
 
 import msgspec
 from litestar.params import QueryParameter
@@ -65,6 +65,6 @@ class Page(msgspec.Struct, Generic[ItemT], frozen=True):
     offset: int
 
     @classmethod
-    def of(cls, items: list[ItemT], *, total: int, request: PageRequest) -> Self:
-        """The page of ``items`` for ``request``."""
-        return cls(items=items, total=total, limit=request.limit, offset=request.offset)
+    def of(cls, items: list[ItemT], *, total: int, request: PageRequest, **more: Any) -> Self:
+        """The page of ``items`` for ``request``; ``more`` fills the fields a subclass adds (by name)."""
+        return cls(items=items, total=total, limit=request.limit, offset=request.offset, **more)

@@ -3,7 +3,8 @@
 Two consumers, as declared in ``shared.events.streams``: ``notify-users-replica`` (every
 ``users.user.*``: the contact replica, and the welcome on registration) and
 ``notify-order-notifications`` (every ``orders.order.*``). Handlers never commit; what must wait
-for the commit (the live push) is left in ``context.after_commit``.
+for the commit (the live push) is left in ``context.after_commit``; ``notify.notification.created``
+goes into ``context.outbox``, in the event's transaction.
 """
 
 from __future__ import annotations
@@ -30,39 +31,31 @@ if TYPE_CHECKING:
     import uuid
     from collections.abc import Mapping
 
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     from notify.live import LivePublisher
     from notify.schemas import NotificationKind
     from notify.templates import NotificationTemplates
     from notify.tokens import UnsubscribeLinks
-    from shared.events.outbox import Outbox
 
 __all__ = ("NotificationPipeline", "order_notification_handlers", "order_reference", "users_replica_handlers")
 
 
 @dataclass(frozen=True)
 class NotificationPipeline:
-    """What the handlers need beyond the event and its transaction."""
+    """What the handlers need beyond the event, its transaction and the outbox (all three in the context)."""
 
     templates: NotificationTemplates
     """The words of each kind."""
-    outbox: Outbox
-    """Where ``notify.notification.created`` goes, in the event's transaction."""
     links: UnsubscribeLinks
     """Makes each email's unsubscribe link."""
     live: LivePublisher
     """Pushes a stored notification to the API processes once it is committed."""
 
-    def notifier(self, session: AsyncSession) -> Notifier:
-        """The notifier over one event's transaction."""
-        return Notifier(session=session, templates=self.templates, outbox=self.outbox, links=self.links)
-
     async def notify(
         self, context: EventContext, user_id: uuid.UUID, kind: NotificationKind, values: Mapping[str, Any]
     ) -> None:
         """Notify ``user_id`` of the event in ``context``, and push it live after the commit."""
-        stored = await self.notifier(context.session).notify(user_id, kind, values, source=context.envelope)
+        notifier = Notifier(session=context.session, templates=self.templates, outbox=context.outbox, links=self.links)
+        stored = await notifier.notify(user_id, kind, values, source=context.envelope)
         if stored is not None:
             context.after_commit.append(partial(self.live.publish, user_id, stored))
 
@@ -72,6 +65,18 @@ def order_reference(order_id: uuid.UUID) -> str:
     return order_id.hex[-8:].upper()
 
 
+async def _keep_contact(context: EventContext, event: UserRegistered | UserUpdated, *, active: bool) -> None:
+    """The replica takes the address, name and active flag ``event`` carries, unless it holds a newer state."""
+    await ContactReplica(context.session).apply(
+        event.user_id,
+        sequence=context.envelope.sequence,
+        email=event.email,
+        name=event.display_name,
+        active=active,
+        tokens_valid_after=event.tokens_valid_after,
+    )
+
+
 def users_replica_handlers(pipeline: NotificationPipeline) -> EventHandlers:
     """The ``notify-users-replica`` consumer: contacts from users' events, and the welcome."""
     handlers = EventHandlers()
@@ -79,27 +84,13 @@ def users_replica_handlers(pipeline: NotificationPipeline) -> EventHandlers:
     @handlers.on(UserRegistered)
     async def keep_registered_contact_and_welcome(event: UserRegistered, context: EventContext) -> None:
         """A new account: keep its address, and welcome it (unless a newer event deactivated it)."""
-        await ContactReplica(context.session).apply(
-            event.user_id,
-            sequence=context.envelope.sequence,
-            email=event.email,
-            name=event.display_name,
-            active=True,
-            tokens_valid_after=event.tokens_valid_after,
-        )
+        await _keep_contact(context, event, active=True)
         await pipeline.notify(context, event.user_id, "welcome", {})
 
     @handlers.on(UserUpdated)
     async def keep_updated_contact(event: UserUpdated, context: EventContext) -> None:
         """A changed account: its new address, name and active flag."""
-        await ContactReplica(context.session).apply(
-            event.user_id,
-            sequence=context.envelope.sequence,
-            email=event.email,
-            name=event.display_name,
-            active=event.is_active,
-            tokens_valid_after=event.tokens_valid_after,
-        )
+        await _keep_contact(context, event, active=event.is_active)
 
     @handlers.on(UserDeactivated)
     async def keep_deactivation(event: UserDeactivated, context: EventContext) -> None:

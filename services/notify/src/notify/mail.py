@@ -2,7 +2,7 @@
 
 ``NOTIFY_EMAIL_URL`` picks the transport: ``smtp://[user:password@]host:port[?starttls=true]``,
 ``smtps://...`` for TLS from the first byte, or ``file:///directory``. A transport only sends; the
-delivery log, retries and backoff are the service's (``EmailSender``).
+delivery log, retries and backoff are the sweep's (``notify.sending.EmailSender``).
 """
 
 from __future__ import annotations

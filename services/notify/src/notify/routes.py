@@ -43,7 +43,7 @@ class NotificationController(Controller):
         unread: Annotated[bool, QueryParameter(description="Only the unread ones.")] = False,
     ) -> NotificationPage:
         """Your notifications, newest first, with how many are unread."""
-        return await notifications.page(user.id, unread_only=unread, limit=page.limit, offset=page.offset)
+        return await notifications.page(user.id, unread_only=unread, request=page)
 
     @post("/{notification_id:uuid}/read", status_code=HTTP_200_OK, operation_id="markNotificationRead")
     async def mark_read(

@@ -9,6 +9,8 @@ from typing import Literal
 
 import msgspec
 
+from shared.pagination import Page
+
 __all__ = (
     "KINDS",
     "ChannelChoice",
@@ -37,16 +39,15 @@ class NotificationOut(msgspec.Struct, frozen=True):
     read_at: datetime.datetime | None = None
 
 
-class NotificationPage(msgspec.Struct, frozen=True):
-    """One page of the caller's notifications, newest first."""
+class NotificationPage(Page[NotificationOut], frozen=True):
+    """One page of the caller's notifications, newest first.
+
+    ``total`` counts those the filter matches (all, or only the unread ones).
+    """
 
     items: list[NotificationOut]
-    total: int
-    """How many match the filter (all, or only the unread ones)."""
     unread: int
     """How many of the caller's notifications are unread, whatever the filter."""
-    limit: int
-    offset: int
 
 
 class ReadAllOut(msgspec.Struct, frozen=True):

@@ -6,7 +6,7 @@ from notify.events import NotificationPipeline, order_notification_handlers, use
 from notify.live import LivePublisher
 from notify.mail import transport_from_url
 from notify.models import OUTBOX
-from notify.service import EmailSender
+from notify.sending import EmailSender
 from notify.settings import NotifySettings, load_notify_settings
 from notify.templates import NotificationTemplates
 from notify.tokens import UnsubscribeLinks
@@ -26,7 +26,6 @@ def worker_plan(settings: NotifySettings | None = None, *, live: LivePublisher |
     settings = settings or load_notify_settings()
     pipeline = NotificationPipeline(
         templates=NotificationTemplates(),
-        outbox=OUTBOX,
         links=UnsubscribeLinks(settings.unsubscribe_secret, settings.public_base_url),
         live=live or LivePublisher(settings),
     )
