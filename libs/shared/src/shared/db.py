@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "NAMING_CONVENTION",
-    "POOL_HEALTH",
+    "POOL_RECYCLE_SECONDS",
     "contains_pattern",
     "database_failure_reason",
     "is_database_unavailable",
@@ -138,8 +138,8 @@ def schema_registry(schema: str) -> orm_registry:
     )
 
 
-POOL_HEALTH: Final = {"pool_pre_ping": False, "pool_recycle": 1800}
-"""How pooled connections stay healthy without a round trip per checkout.
+POOL_RECYCLE_SECONDS: Final = 1800
+"""How pooled connections stay healthy without a round trip per checkout (no ``pool_pre_ping``).
 
 ``pool_pre_ping`` would send a ``SELECT 1`` before every request's first statement: one more round
 trip on every read. Instead a connection older than 30 minutes is replaced (``pool_recycle``, below
@@ -162,7 +162,9 @@ def alchemy_config(database_url: str, *, pool_size: int, null_pool: bool = False
     engine_config = (
         EngineConfig(poolclass=pool.NullPool, hide_parameters=True)
         if null_pool
-        else EngineConfig(pool_size=pool_size, max_overflow=pool_size, hide_parameters=True, **POOL_HEALTH)
+        else EngineConfig(
+            pool_size=pool_size, max_overflow=pool_size, pool_recycle=POOL_RECYCLE_SECONDS, hide_parameters=True
+        )
     )
     return SQLAlchemyAsyncConfig(
         connection_string=database_url,

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from shared.db import POOL_HEALTH
+from shared.db import POOL_RECYCLE_SECONDS
 from shared.events.connection import NatsConfigurationError, connect_nats, parse_servers
 from shared.events.consumer import EventConsumer
 from shared.events.metrics import start_consumer_series, start_outbox_series
@@ -103,7 +103,7 @@ class Worker:
         self.plan = plan
         settings = plan.settings
         self.engine: AsyncEngine = create_async_engine(
-            settings.database_url, pool_size=settings.database_pool_size, **POOL_HEALTH
+            settings.database_url, pool_size=settings.database_pool_size, pool_recycle=POOL_RECYCLE_SECONDS
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.outbox = plan.outbox
