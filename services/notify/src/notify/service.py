@@ -242,7 +242,10 @@ class Notifier:
 class NotificationService:
     """A signed-in user's notifications and preferences, and unsubscribing from a link; one transaction per call.
 
-    Every query is scoped to the caller: another user's notification is indistinguishable from none.
+    Every call, reads included, is one ``unit_of_work``: a read leaves no transaction open behind it
+    (SQLAlchemy begins one at the first statement), so a write that follows on the same session
+    still commits its own. Every query is scoped to the caller: another user's notification is
+    indistinguishable from none.
     """
 
     def __init__(self, *, session: AsyncSession, links: UnsubscribeLinks) -> None:
@@ -252,9 +255,12 @@ class NotificationService:
     async def page(self, user_id: uuid.UUID, *, unread_only: bool, request: PageRequest) -> NotificationPage:
         """A page of the user's notifications, newest first, with the unread count."""
         query = _UNREAD_PAGE if unread_only else _PAGE
-        rows = await self.session.execute(query, {"user_id": user_id, "limit": request.limit, "offset": request.offset})
-        items = [_notification(row) for row in rows]
-        total, unread = (await self.session.execute(_COUNTS, {"user_id": user_id})).one()
+        async with unit_of_work(self.session):
+            rows = await self.session.execute(
+                query, {"user_id": user_id, "limit": request.limit, "offset": request.offset}
+            )
+            items = [_notification(row) for row in rows]
+            total, unread = (await self.session.execute(_COUNTS, {"user_id": user_id})).one()
         return NotificationPage.of(items, total=unread if unread_only else total, request=request, unread=unread)
 
     async def mark_read(self, user_id: uuid.UUID, notification_id: uuid.UUID) -> NotificationOut:
@@ -290,10 +296,11 @@ class NotificationService:
 
     async def preferences(self, user_id: uuid.UUID) -> Preferences:
         """The user's channels for every kind (on, unless turned off)."""
-        rows = await self.session.execute(
-            select(Preference.kind, Preference.in_app, Preference.email).where(Preference.user_id == user_id)
-        )
-        chosen = {row.kind: ChannelChoice(in_app=row.in_app, email=row.email) for row in rows if row.kind in KINDS}
+        async with unit_of_work(self.session):
+            rows = await self.session.execute(
+                select(Preference.kind, Preference.in_app, Preference.email).where(Preference.user_id == user_id)
+            )
+            chosen = {row.kind: ChannelChoice(in_app=row.in_app, email=row.email) for row in rows if row.kind in KINDS}
         return Preferences(**chosen)
 
     async def replace_preferences(self, user_id: uuid.UUID, preferences: Preferences) -> Preferences:
