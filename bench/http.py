@@ -845,12 +845,10 @@ def profile(bench: Bench, generator: LoadGenerator, seeded: Seeded) -> None:
         endpoint = next(endpoint for endpoint in ENDPOINTS if endpoint.name == name)
         raw = bench.root / f"profile-{uuid.uuid4().hex}.txt"
         duration = max(bench.args.duration, 5.0)
-        spy = subprocess.Popen(  # noqa: S603
-            [py_spy, "record", "--pid", str(server.pids["orders"]), "--subprocesses", "--format", "raw",
-             "--duration", str(int(duration)), "--rate", "200", "--output", str(raw), "--nonblocking"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
+        command = [py_spy, "record", "--pid", str(server.pids["orders"]), "--subprocesses", "--full-filenames"]
+        command += ["--format", "raw", "--duration", str(int(duration)), "--rate", "200", "--output", str(raw)]
+        # --nonblocking: sampling without stopping the process, so the profile does not slow what it measures
+        spy = subprocess.Popen([*command, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
         time.sleep(1.0)
         bench.pin_all()
         generator.run(load_config(endpoint, server, seeded, token, duration), server.processes("orders"))
