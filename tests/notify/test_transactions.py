@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from notify.events import NotificationPipeline
+    from notify.tokens import UnsubscribeLinks
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,26 @@ class Reader:
 
     user_id: uuid.UUID
     oldest: uuid.UUID
-    pipeline: NotificationPipeline
+    links: UnsubscribeLinks
+    engine: AsyncEngine
+
+    def service(self, session: AsyncSession) -> NotificationService:
+        return NotificationService(session=session, links=self.links)
+
+    async def stored(self) -> tuple[list[Any], list[Any]]:
+        """What another connection sees of the user: which notifications are read, and their preferences."""
+        async with self.engine.connect() as connection:
+            read = await connection.execute(
+                select(Notification.id, Notification.read_at.is_not(None))
+                .where(Notification.user_id == self.user_id)
+                .order_by(Notification.id)
+            )
+            chosen = await connection.execute(
+                select(Preference.kind, Preference.in_app, Preference.email)
+                .where(Preference.user_id == self.user_id)
+                .order_by(Preference.kind)
+            )
+            return [tuple(row) for row in read], [tuple(row) for row in chosen]
 
 
 if TYPE_CHECKING:
@@ -52,12 +72,14 @@ WRITES: dict[str, Call] = {
     "replace_preferences": lambda service, reader: service.replace_preferences(
         reader.user_id, Preferences(order_paid=ChannelChoice(in_app=False))
     ),
-    "unsubscribe": lambda service, reader: service.unsubscribe(reader.pipeline.links.token(reader.user_id, "welcome")),
+    "unsubscribe": lambda service, reader: service.unsubscribe(reader.links.token(reader.user_id, "welcome")),
 }
 
 
 @pytest.fixture
-async def reader(pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession]) -> Reader:
+async def reader(
+    pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> Reader:
     user_id = await queue_welcome(pipeline, sessions)
     await apply_directly(sessions, order_notification_handlers(pipeline), placed(user_id))
     async with sessions() as session:
@@ -65,23 +87,13 @@ async def reader(pipeline: NotificationPipeline, sessions: async_sessionmaker[As
             select(Notification.id).where(Notification.user_id == user_id).order_by(Notification.id).limit(1)
         )
     assert oldest is not None
-    return Reader(user_id=user_id, oldest=oldest, pipeline=pipeline)
+    return Reader(user_id=user_id, oldest=oldest, links=pipeline.links, engine=engine)
 
 
-async def stored_state(engine: AsyncEngine, user_id: uuid.UUID) -> tuple[list[Any], list[Any]]:
-    """What another connection sees of the user: which notifications are read, and their preferences."""
-    async with engine.connect() as connection:
-        read = await connection.execute(
-            select(Notification.id, Notification.read_at.is_not(None))
-            .where(Notification.user_id == user_id)
-            .order_by(Notification.id)
-        )
-        chosen = await connection.execute(
-            select(Preference.kind, Preference.in_app, Preference.email)
-            .where(Preference.user_id == user_id)
-            .order_by(Preference.kind)
-        )
-        return [tuple(row) for row in read], [tuple(row) for row in chosen]
+@pytest.fixture(params=sorted(WRITES))
+def write(request: pytest.FixtureRequest) -> Call:
+    """Each write of the service in turn."""
+    return WRITES[request.param]
 
 
 def test_every_call_of_the_service_is_walked_here() -> None:
@@ -99,45 +111,40 @@ async def test_a_call_leaves_no_transaction_open_behind_it(
     name: str, reader: Reader, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     async with sessions() as session:
-        await (READS | WRITES)[name](NotificationService(session=session, links=reader.pipeline.links), reader)
+        await (READS | WRITES)[name](reader.service(session), reader)
         assert not session.in_transaction()
 
 
-@pytest.mark.parametrize("name", sorted(WRITES))
 async def test_a_write_is_committed_when_it_returns_even_after_reads_on_the_same_session(
-    name: str, reader: Reader, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+    write: Call, reader: Reader, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    before = await stored_state(engine, reader.user_id)
+    before = await reader.stored()
     async with sessions() as session:
-        service = NotificationService(session=session, links=reader.pipeline.links)
-        for read in READS.values():  # what a handler may do first; SQLAlchemy would begin a transaction
-            await read(service, reader)
-        await WRITES[name](service, reader)
-        seen_from_elsewhere = await stored_state(engine, reader.user_id)  # while this session is still open
-    assert seen_from_elsewhere != before
+        for read in READS.values():  # SQLAlchemy begins a transaction at a read's first statement
+            await read(reader.service(session), reader)
+        await write(reader.service(session), reader)
+        assert await reader.stored() != before  # seen from another connection, this session still open
 
 
-@pytest.mark.parametrize("name", sorted(WRITES))
 async def test_a_write_inside_the_callers_transaction_joins_it_and_goes_with_its_rollback(
-    name: str, reader: Reader, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+    write: Call, reader: Reader, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    before = await stored_state(engine, reader.user_id)
+    before = await reader.stored()
     async with sessions() as session:
-        outer = await session.begin()
-        await WRITES[name](NotificationService(session=session, links=reader.pipeline.links), reader)
-        assert session.in_transaction()  # not committed by the call
+        outer = await session.begin()  # what a consumer holds around its handlers
+        await write(reader.service(session), reader)
+        assert session.in_transaction()  # the call committed nothing
         await outer.rollback()
-    assert await stored_state(engine, reader.user_id) == before
+    assert await reader.stored() == before
 
 
 async def test_a_failed_write_leaves_nothing_open_and_the_next_call_still_commits(
-    reader: Reader, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+    reader: Reader, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     async with sessions() as session:
-        service = NotificationService(session=session, links=reader.pipeline.links)
         with pytest.raises(NotFound):
-            await service.mark_read(reader.user_id, uuid.uuid4())
+            await reader.service(session).mark_read(reader.user_id, uuid.uuid4())
         assert not session.in_transaction()
-        await service.mark_all_read(reader.user_id)
-    read, _ = await stored_state(engine, reader.user_id)
+        await reader.service(session).mark_all_read(reader.user_id)
+    read, _ = await reader.stored()
     assert [was_read for _, was_read in read] == [True, True]
