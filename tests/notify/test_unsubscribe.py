@@ -100,5 +100,6 @@ async def test_a_one_click_post_as_multipart_also_unsubscribes(
         files={"List-Unsubscribe": (None, "One-Click")},  # RFC 8058 allows multipart/form-data too
     )
     assert response.status_code == 200, response.text
+    assert (response.json()["kind"], response.json()["email"]) == ("welcome", False)
     preferences = await client.get("/notifications/preferences", headers=bearer(access_token_signer, user_id))
-    assert preferences.json()["welcome"] == {"in_app": True, "email": False}
+    assert preferences.json() == ALL_ON | {"welcome": {"in_app": True, "email": False}}
