@@ -16,7 +16,10 @@ __all__ = ("users_replica_handlers",)
 
 def users_replica_handlers(settings: OrdersSettings) -> EventHandlers:
     """Handlers of the ``orders-users-replica`` consumer."""
-    handlers = EventHandlers()
+    # A deactivation locks the user's row, then their orders, then products (the lock order in
+    # orders.stock): sharing a transaction with the batch's other events would take those while
+    # holding the previous event's product locks, so each event gets a transaction of its own.
+    handlers = EventHandlers(own_transactions=True)
 
     def orders(context: EventContext) -> OrderService:
         return OrderService(session=context.session, outbox=context.outbox, settings=settings)
