@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -8,6 +7,7 @@ import pytest
 from devtools.testing import prepare_service_database, serve_app, truncate_schema
 from orders.app import DATABASE, create_app
 from orders.settings import OrdersSettings
+from tests.orders.helpers import Tokens
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -40,59 +40,6 @@ async def client(orders_settings: OrdersSettings) -> AsyncIterator[httpx.AsyncCl
         yield client
 
 
-class Tokens:
-    """Bearer headers for made-up customers and an administrator, signed as users would."""
-
-    def __init__(self, signer: AccessTokenSigner) -> None:
-        self.signer = signer
-        self.admin_id = uuid.uuid4()
-
-    def customer(self, user_id: uuid.UUID | None = None) -> dict[str, str]:
-        return self._headers(user_id or uuid.uuid4(), ["user"])
-
-    def admin(self) -> dict[str, str]:
-        return self._headers(self.admin_id, ["admin"])
-
-    def _headers(self, user_id: uuid.UUID, roles: list[str]) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.signer.sign(subject=user_id, roles=roles)}"}
-
-
 @pytest.fixture
 def tokens(access_token_signer: AccessTokenSigner) -> Tokens:
     return Tokens(access_token_signer)
-
-
-async def add_product(
-    client: httpx.AsyncClient,
-    tokens: Tokens,
-    *,
-    sku: str,
-    price: int = 1000,
-    stock: int = 10,
-    currency: str = "EUR",
-    is_active: bool = True,
-) -> dict[str, object]:
-    response = await client.post(
-        "/products",
-        json={
-            "sku": sku,
-            "name": f"Product {sku}",
-            "price": price,
-            "currency": currency,
-            "stock": stock,
-            "is_active": is_active,
-        },
-        headers=tokens.admin(),
-    )
-    assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-async def place(
-    client: httpx.AsyncClient, headers: dict[str, str], items: list[tuple[object, int]], *, key: str | None = None
-) -> httpx.Response:
-    return await client.post(
-        "/orders",
-        json={"items": [{"product_id": product_id, "quantity": quantity} for product_id, quantity in items]},
-        headers={**headers, "Idempotency-Key": key or uuid.uuid4().hex},
-    )

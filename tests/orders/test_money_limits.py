@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from orders.models import EVENT_TABLES, Order
 from orders.schemas import MAX_LINES, MAX_ORDER_TOTAL, MAX_PRICE, MAX_QUANTITY
 from shared.events.contracts import OrderPlaced, decode_event
-from tests.orders.conftest import Tokens, add_product, place
+from tests.orders.helpers import Tokens, add_product, place
 
 if TYPE_CHECKING:
     import httpx

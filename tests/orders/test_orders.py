@@ -5,45 +5,11 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from orders.models import EVENT_TABLES, Order, Product
-from shared.events.contracts import decode_event
-from tests.orders.conftest import Tokens, add_product, place
+from tests.orders.helpers import Tokens, add_product, answer, count_orders, outbox_types, place, stock_of
 
 if TYPE_CHECKING:
     import httpx
-
-
-async def stock_of(database_url: str, product_id: object) -> int:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return int(await connection.scalar(select(Product.stock).where(Product.id == product_id)) or 0)
-    finally:
-        await engine.dispose()
-
-
-async def count_orders(database_url: str) -> int:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return int(await connection.scalar(select(func.count()).select_from(Order)) or 0)
-    finally:
-        await engine.dispose()
-
-
-async def outbox_types(database_url: str) -> list[str]:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            bodies = (
-                await connection.scalars(select(EVENT_TABLES.outbox.c.body).order_by(EVENT_TABLES.outbox.c.id))
-            ).all()
-    finally:
-        await engine.dispose()
-    return [decode_event(body).envelope.type for body in bodies]
 
 
 async def test_server_prices_lines_and_totals_in_minor_units(
@@ -68,9 +34,10 @@ async def test_server_prices_lines_and_totals_in_minor_units(
 async def test_price_change_after_placing_does_not_change_the_order(client: httpx.AsyncClient, tokens: Tokens) -> None:
     mug = await add_product(client, tokens, sku="MUG", price=1000)
     customer = tokens.customer()
-    order = (await place(client, customer, [(mug["id"], 1)])).json()
-    await client.patch(f"/products/{mug['id']}", json={"price": 9999}, headers=tokens.admin())
-    again = (await client.get(f"/orders/{order['id']}", headers=customer)).json()
+    order = answer(await place(client, customer, [(mug["id"], 1)]), 201)
+    repriced = answer(await client.patch(f"/products/{mug['id']}", json={"price": 9999}, headers=tokens.admin()))
+    assert (repriced["id"], repriced["price"]) == (mug["id"], 9999)
+    again = answer(await client.get(f"/orders/{order['id']}", headers=customer))
     assert (again["total"], again["lines"][0]["unit_price"]) == (1000, 1000)
 
 
@@ -188,5 +155,6 @@ async def test_failed_order_does_not_burn_its_key(client: httpx.AsyncClient, tok
     product = await add_product(client, tokens, sku="LATER", stock=0)
     customer = tokens.customer()
     assert (await place(client, customer, [(product["id"], 1)], key="retry")).status_code == 409
-    await client.post(f"/products/{product['id']}/restock", json={"quantity": 1}, headers=tokens.admin())
+    restock = await client.post(f"/products/{product['id']}/restock", json={"quantity": 1}, headers=tokens.admin())
+    assert answer(restock)["stock"] == 1
     assert (await place(client, customer, [(product["id"], 1)], key="retry")).status_code == 201

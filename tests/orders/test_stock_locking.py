@@ -37,8 +37,7 @@ from shared.events import streams
 from shared.events.consumer import EventConsumer, HandlerOutcome
 from shared.events.contracts import UserDeactivated, decode_event, encode_event, new_envelope
 from shared.events.streams import DLQ_STREAM
-from tests.orders.conftest import Tokens, add_product, place
-from tests.orders.test_users_replica import publish, remember, run_worker_until, with_nats
+from tests.orders.helpers import Tokens, add_product, place, publish, remember, run_worker_until, with_nats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence

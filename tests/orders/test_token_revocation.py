@@ -13,7 +13,7 @@ from devtools.testing import eventually, serve_app
 from orders.app import create_app
 from shared.events.contracts import UserDeactivated, UserRegistered, UserUpdated
 from shared.revocations import REVOCATION_DETAIL
-from tests.orders.test_users_replica import publish, replica, run_worker_until, with_nats
+from tests.orders.helpers import publish, replica, run_worker_until, with_nats
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext

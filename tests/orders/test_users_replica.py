@@ -12,46 +12,35 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from devtools.stack.servers import free_port
-from devtools.testing import eventually
-from orders.models import OUTBOX, KnownUser, Order
+from orders.models import OUTBOX, Order
 from orders.service import OrderService
-from orders.worker import worker_plan
 from shared.events.contracts import (
-    EventPayload,
     UserDeactivated,
     UserRegistered,
     UserUpdated,
     encode_event,
     new_envelope,
 )
-from shared.worker import Worker
-from tests.orders.conftest import Tokens, add_product, place
-from tests.orders.test_orders import outbox_types, stock_of
+from tests.orders.helpers import (
+    Tokens,
+    add_product,
+    answer,
+    outbox_types,
+    place,
+    publish,
+    remember,
+    replica,
+    run_worker_until,
+    stock_of,
+    with_nats,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     import httpx
     from nats.js.client import JetStreamContext
 
     from devtools.stack.servers import NatsServer
     from orders.settings import OrdersSettings
-
-
-async def publish(js: JetStreamContext, payload: EventPayload, *, sequence: int, message_id: str | None = None) -> str:
-    envelope = new_envelope(payload, source="users", sequence=sequence)
-    await js.publish(envelope.type, encode_event(envelope), headers={"Nats-Msg-Id": message_id or envelope.id})
-    return envelope.id
-
-
-async def replica(database_url: str, user_id: uuid.UUID) -> KnownUser | None:
-    engine = create_async_engine(database_url)
-    try:
-        async with async_sessionmaker(engine)() as session:
-            return await session.get(KnownUser, user_id)
-    finally:
-        await engine.dispose()
 
 
 async def test_user_unknown_to_the_replica_may_order_and_is_remembered(
@@ -76,16 +65,6 @@ async def test_deactivated_user_cannot_order_even_with_a_valid_token(
     assert "deactivated" in response.json()["detail"]
 
 
-async def remember(settings: OrdersSettings, user_id: uuid.UUID, *, is_active: bool, sequence: int) -> bool:
-    engine = create_async_engine(settings.database_url)
-    try:
-        async with async_sessionmaker(engine)() as session:
-            service = OrderService(session=session, outbox=OUTBOX, settings=settings)
-            return await service.remember_user(user_id, email=None, is_active=is_active, sequence=sequence)
-    finally:
-        await engine.dispose()
-
-
 async def test_older_event_never_overwrites_a_newer_replica_state(orders_settings: OrdersSettings) -> None:
     user_id = uuid.uuid4()
     assert await remember(orders_settings, user_id, is_active=False, sequence=3)
@@ -93,23 +72,6 @@ async def test_older_event_never_overwrites_a_newer_replica_state(orders_setting
     known = await replica(orders_settings.database_url, user_id)
     assert known is not None
     assert (known.is_active, known.sequence) == (False, 3)
-
-
-async def run_worker_until(settings: OrdersSettings, condition: Callable[[], Awaitable[bool]]) -> None:
-    worker = Worker(worker_plan(settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await eventually(condition, within=30)
-    finally:
-        stop.set()
-        await task
-
-
-def with_nats(settings: OrdersSettings, nats_server: NatsServer) -> OrdersSettings:
-    return msgspec.structs.replace(
-        settings, nats_url=nats_server.url, worker_health_port=free_port(), unpaid_sweep_interval_seconds=0.2
-    )
 
 
 async def test_deactivation_cancels_open_orders_and_restocks_exactly_once_under_redelivery(
@@ -123,12 +85,12 @@ async def test_deactivation_cancels_open_orders_and_restocks_exactly_once_under_
     user_id = uuid.uuid4()
     customer = tokens.customer(user_id)
     product = await add_product(client, tokens, sku="DEACT", stock=10)
-    pending = (await place(client, customer, [(product["id"], 2)])).json()
-    paid = (await place(client, customer, [(product["id"], 3)])).json()
-    await client.post(f"/orders/{paid['id']}/pay", headers=customer)
-    shipped = (await place(client, customer, [(product["id"], 1)])).json()
-    await client.post(f"/orders/{shipped['id']}/pay", headers=customer)
-    await client.post(f"/orders/{shipped['id']}/ship", headers=tokens.admin())
+    pending = answer(await place(client, customer, [(product["id"], 2)]), 201)
+    paid = answer(await place(client, customer, [(product["id"], 3)]), 201)
+    assert answer(await client.post(f"/orders/{paid['id']}/pay", headers=customer))["status"] == "paid"
+    shipped = answer(await place(client, customer, [(product["id"], 1)]), 201)
+    assert answer(await client.post(f"/orders/{shipped['id']}/pay", headers=customer))["status"] == "paid"
+    assert answer(await client.post(f"/orders/{shipped['id']}/ship", headers=tokens.admin()))["status"] == "shipped"
     assert await stock_of(orders_database, product["id"]) == 4
 
     await publish(
@@ -152,7 +114,7 @@ async def test_deactivation_cancels_open_orders_and_restocks_exactly_once_under_
     await run_worker_until(with_nats(orders_settings, nats_server), settled)
 
     statuses = {
-        order["id"]: (await client.get(f"/orders/{order['id']}", headers=customer)).json()
+        order["id"]: answer(await client.get(f"/orders/{order['id']}", headers=customer))
         for order in (pending, paid, shipped)
     }
     assert statuses[pending["id"]]["status"] == statuses[paid["id"]]["status"] == "cancelled"
@@ -197,10 +159,10 @@ async def test_worker_sweep_cancels_orders_left_unpaid_past_the_deadline(
 ) -> None:
     customer = tokens.customer()
     product = await add_product(client, tokens, sku="SLOW", stock=5)
-    stale = (await place(client, customer, [(product["id"], 2)])).json()
-    fresh = (await place(client, customer, [(product["id"], 1)])).json()
-    paid = (await place(client, customer, [(product["id"], 1)])).json()
-    await client.post(f"/orders/{paid['id']}/pay", headers=customer)
+    stale = answer(await place(client, customer, [(product["id"], 2)]), 201)
+    fresh = answer(await place(client, customer, [(product["id"], 1)]), 201)
+    paid = answer(await place(client, customer, [(product["id"], 1)]), 201)
+    assert answer(await client.post(f"/orders/{paid['id']}/pay", headers=customer))["status"] == "paid"
     engine = create_async_engine(orders_database)
     async with engine.begin() as connection:
         long_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=2)
@@ -219,10 +181,10 @@ async def test_worker_sweep_cancels_orders_left_unpaid_past_the_deadline(
         return status == "cancelled"
 
     await run_worker_until(with_nats(orders_settings, nats_server), swept)
-    order = (await client.get(f"/orders/{stale['id']}", headers=customer)).json()
+    order = answer(await client.get(f"/orders/{stale['id']}", headers=customer))
     assert order["cancel_reason"] == "payment_timeout"
-    assert (await client.get(f"/orders/{fresh['id']}", headers=customer)).json()["status"] == "pending"
-    assert (await client.get(f"/orders/{paid['id']}", headers=customer)).json()["status"] == "paid"
+    assert answer(await client.get(f"/orders/{fresh['id']}", headers=customer))["status"] == "pending"
+    assert answer(await client.get(f"/orders/{paid['id']}", headers=customer))["status"] == "paid"
     assert await stock_of(orders_database, product["id"]) == 3
 
 
@@ -232,15 +194,13 @@ async def test_two_sweeps_at_once_cancel_each_order_once(
     customer = tokens.customer()
     product = await add_product(client, tokens, sku="RACE-SWEEP", stock=50)
     for _ in range(20):
-        await place(client, customer, [(product["id"], 1)])
+        answer(await place(client, customer, [(product["id"], 1)]), 201)
     engine = create_async_engine(orders_database, pool_size=4)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     async def sweep() -> int:
         async with sessions() as session:
-            service = OrderService(
-                session=session, outbox=OUTBOX, settings=orders_settings
-            )
+            service = OrderService(session=session, outbox=OUTBOX, settings=orders_settings)
             return await service.cancel_unpaid(older_than=datetime.timedelta(0), batch_size=7)
 
     total = 0
