@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from devtools.stack.supervisor import DevStack, StackPorts
+from shared.events.topology import SERVICE_NAMES
 
 PASSWORD = "demo password 123"  # noqa: S105 - the demo's own throwaway accounts
 SHOWN_BODY = 300
@@ -228,7 +229,7 @@ def main() -> None:
     stack = DevStack(
         Path(os.environ.get("RELAY_DATA", ".data")),
         StackPorts.from_environment(),
-        services=("users", "orders", "notify"),
+        services=SERVICE_NAMES,
     )
     for service in stack.services:
         try:

@@ -25,10 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+from shared.events.topology import SERVICE_NAMES
+
 __all__ = ("build_images", "main")
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("users", "orders", "notify")
+SERVICES = SERVICE_NAMES
 CACHE = Path(os.environ.get("RELAY_IMAGES_CACHE", "/var/cache/relay-images"))
 RUNROOT = Path("/run/relay-images")
 SUITE = "bookworm"

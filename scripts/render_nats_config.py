@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from shared.events.permissions import SERVICES, nats_authorization
+from shared.events.permissions import nats_authorization
+from shared.events.topology import SERVICE_NAMES
 
 __all__ = ("OUTPUT", "password_variable", "render")
 
@@ -37,7 +38,7 @@ def password_variable(service: str) -> str:
 
 def render() -> str:
     """The ``authorization`` block, with passwords as unquoted ``$VARIABLE`` references."""
-    placeholders = {service: f"@{service}-password@" for service in SERVICES}
+    placeholders = {service: f"@{service}-password@" for service in SERVICE_NAMES}
     block = nats_authorization(placeholders)
     for service, placeholder in placeholders.items():
         quoted = json.dumps(placeholder)

@@ -12,11 +12,13 @@ from typing import Any
 
 import yaml
 
+from shared.events.topology import SERVICE_NAMES
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
 NAMESPACES = {"dev": "relay-dev", "prod": "relay"}
-SERVICES = ("users", "orders", "notify")
+SERVICES = SERVICE_NAMES
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 Manifest = dict[str, Any]

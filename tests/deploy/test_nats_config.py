@@ -11,13 +11,13 @@ import nats
 import pytest
 
 from devtools.stack.servers import NatsServer, nats_server_binary
-from shared.events.permissions import SERVICES
+from shared.events.topology import SERVICE_NAMES
 from tests.deploy.manifests import K8S, OVERLAYS, ROOT, generated, render
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-PASSWORDS = {f"{service.upper()}_NATS_PASSWORD": f"{service}-test-password" for service in SERVICES}
+PASSWORDS = {f"{service.upper()}_NATS_PASSWORD": f"{service}-test-password" for service in SERVICE_NAMES}
 
 
 def test_committed_auth_conf_is_a_fresh_render_of_the_permissions() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import subprocess
 import sys
@@ -15,21 +16,17 @@ import httpx
 
 from devtools.stack.servers import free_port
 from devtools.testing import eventually, prepare_service_database, truncate_schema
-from notify.app import DATABASE as NOTIFY_DATABASE
-from notify.cli import main as notify_main
-from orders.app import DATABASE as ORDERS_DATABASE
-from orders.cli import main as orders_main
-from users.app import DATABASE as USERS_DATABASE
-from users.cli import main as users_main
+from shared.events.topology import SERVICE_NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from devtools.stack.servers import NatsServer, PostgresServer
 
-SERVICES: dict[str, click.Group] = {"users": users_main, "orders": orders_main, "notify": notify_main}
+# Every declared service's command group and database, found by the rooms every service has.
+SERVICES: dict[str, click.Group] = {name: importlib.import_module(f"{name}.cli").main for name in SERVICE_NAMES}
 
-WORKER_DATABASES = {"users": USERS_DATABASE, "orders": ORDERS_DATABASE, "notify": NOTIFY_DATABASE}
+WORKER_DATABASES = {name: importlib.import_module(f"{name}.app").DATABASE for name in SERVICE_NAMES}
 
 COMMAND_TIMEOUT = 180.0
 """A generous bound: a command that spins or hangs fails the test instead of blocking the suite."""

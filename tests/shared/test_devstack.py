@@ -99,7 +99,7 @@ def _eventually_ready(url: str, also: object, within: float = 60.0) -> bool:
 
 
 def _stack_ports() -> StackPorts:
-    return StackPorts(**{name: free_port() for name in StackPorts.__dataclass_fields__})
+    return StackPorts(**{name: free_port() for name in StackPorts.names()})
 
 
 def _port_env(ports: StackPorts) -> dict[str, str]:
@@ -130,7 +130,7 @@ def granian_like_listener() -> Iterator[socket.socket]:
     listener.close()
 
 
-@pytest.mark.parametrize("name", list(StackPorts.__dataclass_fields__))
+@pytest.mark.parametrize("name", list(StackPorts.names()))
 def test_every_taken_port_is_refused_by_name(name: str, granian_like_listener: socket.socket) -> None:
     taken = granian_like_listener.getsockname()[1]
     ports = StackPorts(**(_stack_ports().named() | {name: taken}))

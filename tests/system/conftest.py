@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from devtools.stack.servers import die_with_parent, free_port
-from devtools.stack.supervisor import SERVICES, StackPorts
+from devtools.stack.supervisor import StackPorts
+from shared.events.topology import SERVICE_NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,9 +40,7 @@ class RunningStack:
     @property
     def env(self) -> dict[str, str]:
         """The environment that points the supervisor, and ``scripts/demo.py``, at these ports."""
-        ports = {
-            f"RELAY_{name.upper()}_PORT": str(getattr(self.ports, name)) for name in StackPorts.__dataclass_fields__
-        }
+        ports = {f"RELAY_{name.upper()}_PORT": str(getattr(self.ports, name)) for name in StackPorts.names()}
         return os.environ | ports | {"RELAY_DATA": str(self.data)} | self.extra_env
 
     def url(self, service: str) -> str:
@@ -136,7 +135,7 @@ def stack_ports() -> StackPorts:
     # free_port() may hand out a port it handed out before (it is free again once probed): draw
     # until every port of the stack is a different one.
     ports: dict[str, int] = {}
-    for name in StackPorts.__dataclass_fields__:
+    for name in StackPorts.names():
         while (port := free_port()) in ports.values():
             pass
         ports[name] = port
@@ -150,7 +149,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, stack_ports: StackPorts) -> 
         data=tmp_path_factory.mktemp("stack") / "data",
         ports=stack_ports,
         # A person's own settings reach the services; one that would rewire the stack is ignored.
-        extra_env={f"{service.upper()}_CORS_ALLOW_ORIGINS": CORS_ORIGIN for service in SERVICES}
+        extra_env={f"{service.upper()}_CORS_ALLOW_ORIGINS": CORS_ORIGIN for service in SERVICE_NAMES}
         | {"ORDERS_DATABASE_URL": "postgresql+asyncpg://nobody:nothing@127.0.0.1:1/nowhere"},
     )
     running.start()

@@ -300,7 +300,7 @@ async def test_schemathesis_finds_nothing_with_every_check_and_every_phase(
 def test_up_after_a_crash_of_the_supervisor_recovers_with_its_data(tmp_path: Path, stack_ports: StackPorts) -> None:
     from tests.system.conftest import RunningStack as Stack
 
-    ports = type(stack_ports)(**{name: _free() for name in type(stack_ports).__dataclass_fields__})
+    ports = type(stack_ports)(**{name: _free() for name in type(stack_ports).names()})
     first = Stack(data=tmp_path / "data", ports=ports)
     first.start()
     email = f"survivor.{uuid.uuid4().hex[:6]}@example.com"

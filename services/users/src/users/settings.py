@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.events.topology import SERVICE_NAMES
 from shared.settings import ServiceSettings, load_settings
 
 __all__ = ("UsersSettings", "load_users_settings")
@@ -12,8 +13,8 @@ class UsersSettings(ServiceSettings, kw_only=True, frozen=True):
 
     jwt_private_key: str = ""
     """The Ed25519 private key (PKCS#8 PEM) that signs access tokens; read it from a file in production."""
-    jwt_audiences: tuple[str, ...] = ("users", "orders", "notify")
-    """Every service an access token is meant for."""
+    jwt_audiences: tuple[str, ...] = SERVICE_NAMES
+    """Every service an access token is meant for (default: every declared service)."""
     access_token_ttl_seconds: int = 900
     """How long an access token is valid."""
     refresh_token_ttl_seconds: int = 30 * 24 * 3600

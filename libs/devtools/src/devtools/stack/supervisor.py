@@ -39,12 +39,13 @@ from devtools.stack.servers import (
     kill_process_group,
     process_group_members,
 )
+from devtools.stack.services import DEV_SERVICES, DevService, dev_service
+from shared.events.topology import SERVICE_NAMES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
 __all__ = (
-    "SERVICES",
     "DevStack",
     "ServiceProcess",
     "StackLock",
@@ -57,8 +58,12 @@ __all__ = (
 
 DATABASE = "relay"
 
-
-SERVICES = ("users", "orders", "notify")
+INFRASTRUCTURE_PORTS = {
+    "postgres": (5544, "Postgres"),
+    "nats": (4333, "NATS"),
+    "nats_monitor": (8333, "NATS monitoring"),
+}
+"""The servers' default ports and what they are, by port name; the services' come from ``DEV_SERVICES``."""
 
 PROGRESS_EVERY = 5.0
 """Seconds between two "still waiting for ..." lines while the stack starts."""
@@ -72,22 +77,51 @@ class StartupError(Exception):
     """``just up`` cannot start; the message is one line for the person who ran it."""
 
 
-@dataclass(frozen=True)
 class StackPorts:
-    """Fixed loopback ports of the local stack; each can be moved with a ``RELAY_*_PORT`` variable."""
+    """Fixed loopback ports of the local stack; each can be moved with a ``RELAY_*_PORT`` variable.
 
-    postgres: int = 5544
-    nats: int = 4333
-    nats_monitor: int = 8333
-    users: int = 8001
-    orders: int = 8002
-    notify: int = 8003
-    users_worker: int = 9001
-    orders_worker: int = 9002
-    notify_worker: int = 9003
-    users_metrics: int = 9101
-    orders_metrics: int = 9102
-    notify_metrics: int = 9103
+    One port per server (``postgres``, ``nats``, ``nats_monitor``) and three per service, named
+    ``<service>`` (its API), ``<service>_worker`` and ``<service>_metrics``, each read as an
+    attribute (``ports.orders_worker``). The services and their defaults come from ``DEV_SERVICES``.
+    """
+
+    __slots__ = ("_ports",)
+
+    def __init__(self, **ports: int) -> None:
+        defaults = self.defaults()
+        if unknown := set(ports) - set(defaults):
+            raise TypeError(f"no such port of the stack: {', '.join(sorted(unknown))}")
+        self._ports = defaults | ports
+
+    @staticmethod
+    def defaults() -> dict[str, int]:
+        """Every port's default by name: the servers', then every API's, every worker's, every metrics port."""
+        ports = {name: port for name, (port, _) in INFRASTRUCTURE_PORTS.items()}
+        ports |= {spec.name: spec.api_port for spec in DEV_SERVICES}
+        ports |= {f"{spec.name}_worker": spec.worker_port for spec in DEV_SERVICES}
+        ports |= {f"{spec.name}_metrics": spec.metrics_port for spec in DEV_SERVICES}
+        return ports
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every port's name, in the order they are checked."""
+        return tuple(cls.defaults())
+
+    def __getattr__(self, name: str) -> int:
+        # Only names that are not attributes get here; read the slot without coming back here.
+        ports: dict[str, int] = object.__getattribute__(self, "_ports")
+        if name not in ports:
+            raise AttributeError(f"no such port of the stack: {name}")
+        return ports[name]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StackPorts) and self.named() == other.named()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.named().items()))
+
+    def __repr__(self) -> str:
+        return f"StackPorts({', '.join(f'{name}={port}' for name, port in self.named().items())})"
 
     @classmethod
     def from_environment(cls) -> StackPorts:
@@ -96,11 +130,10 @@ class StackPorts:
         Raises:
             StartupError: A variable is not a port number.
         """
-        defaults = cls()
         values: dict[str, int] = {}
-        for name in cls.__dataclass_fields__:
+        for name, default in cls.defaults().items():
             variable = cls.variable(name)
-            raw = os.environ.get(variable, str(getattr(defaults, name)))
+            raw = os.environ.get(variable, str(default))
             try:
                 values[name] = int(raw)
             except ValueError:
@@ -117,29 +150,28 @@ class StackPorts:
     @staticmethod
     def purpose(name: str) -> str:
         """What listens on port ``name``, in words."""
-        known = {"postgres": "Postgres", "nats": "NATS", "nats_monitor": "NATS monitoring"}
-        if name in known:
-            return known[name]
+        if name in INFRASTRUCTURE_PORTS:
+            return INFRASTRUCTURE_PORTS[name][1]
         service, _, role = name.partition("_")
-        if service in SERVICES:
+        if service in SERVICE_NAMES:
             return f"the {service} API" if not role else f"the {service} {role.replace('_', ' ')}"
         return name.replace("_", " ")
 
     def named(self) -> dict[str, int]:
-        """Every port by its field name."""
-        return {name: int(getattr(self, name)) for name in self.__dataclass_fields__}
+        """Every port by its name."""
+        return dict(self._ports)
 
     def api(self, service: str) -> int:
         """The HTTP port of a service's API."""
-        return int(getattr(self, service))
+        return self._ports[service]
 
     def worker(self, service: str) -> int:
         """The health and metrics port of a service's worker."""
-        return int(getattr(self, f"{service}_worker"))
+        return self._ports[f"{service}_worker"]
 
     def metrics(self, service: str) -> int:
         """The internal ``/metrics`` port of a service's API (never its public port)."""
-        return int(getattr(self, f"{service}_metrics"))
+        return self._ports[f"{service}_metrics"]
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -184,7 +216,7 @@ def check_ports(ports: StackPorts) -> None:
 
 def installed_services() -> tuple[str, ...]:
     """The services whose package is present (a service is added to the stack by existing)."""
-    return tuple(service for service in SERVICES if importlib.util.find_spec(f"{service}.cli") is not None)
+    return tuple(service for service in SERVICE_NAMES if importlib.util.find_spec(f"{service}.cli") is not None)
 
 
 class StackLock:
@@ -331,8 +363,12 @@ class DevStack:
 
     @property
     def mail_dir(self) -> Path:
-        """Where notify writes each email as an ``.eml`` file."""
+        """Where a service that sends email (notify) writes each one as an ``.eml`` file."""
         return self.root / "mail"
+
+    def api_url(self, service: str) -> str:
+        """The loopback URL of a service's API."""
+        return f"http://127.0.0.1:{self.ports.api(service)}"
 
     def say(self, message: str) -> None:
         """A line from the supervisor itself."""
@@ -340,12 +376,13 @@ class DevStack:
         self.output.flush()
 
     def secrets(self) -> dict[str, str]:
-        """Role and NATS passwords and the users signing key, made once and kept in ``.data/``."""
+        """Role and NATS passwords, the token signing key and each service's own, made once and kept in ``.data/``."""
         path = self.root / "secrets.json"
         stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        wanted: dict[str, Callable[[], str]] = {"users_jwt_private_key": _new_signing_key}
-        wanted |= {"notify_unsubscribe_secret": lambda: secrets.token_urlsafe(32)}
-        for service in SERVICES:
+        wanted: dict[str, Callable[[], str]] = {_signing_key_name(): _new_signing_key}
+        for spec in DEV_SERVICES:
+            wanted |= spec.secrets
+        for service in SERVICE_NAMES:
             wanted[f"{service}_db_password"] = lambda: secrets.token_urlsafe(16)
             wanted[f"{service}_nats_password"] = lambda: secrets.token_urlsafe(16)
         missing = {name: make() for name, make in wanted.items() if name not in stored}
@@ -368,30 +405,24 @@ class DevStack:
             f"{prefix}_WORKER_HEALTH_PORT": str(self.ports.worker(service)),
             f"{prefix}_METRICS_PORT": str(self.ports.metrics(service)),
         }
-        if service == "users":
-            env[f"{prefix}_JWT_PRIVATE_KEY"] = self.stored["users_jwt_private_key"]
+        if dev_service(service).issues_tokens:
+            env[f"{prefix}_JWT_PRIVATE_KEY"] = self.stored[_signing_key_name()]
         else:
-            env[f"{prefix}_JWT_PUBLIC_KEYS"] = _public_key_pem(self.stored["users_jwt_private_key"])
+            env[f"{prefix}_JWT_PUBLIC_KEYS"] = _public_key_pem(self.stored[_signing_key_name()])
         return env
 
     def local_defaults(self, service: str) -> dict[str, str]:
         """Settings the supervisor picks for local use; the person's own ``<SERVICE>_*`` variables win."""
         prefix = service.upper()
         env = {f"{prefix}_LOG_JSON": "false"}
-        users_api = f"http://127.0.0.1:{self.ports.api('users')}"
-        if service == "users":
-            # Swagger UI on the orders and notify pages signs in at users' /auth/token: cross-origin.
-            others = [f"http://127.0.0.1:{self.ports.api(other)}" for other in SERVICES if other != "users"]
-            env["USERS_CORS_ALLOW_ORIGINS"] = ",".join(others)
+        issuer = _token_issuer()
+        if service == issuer.name:
+            # Swagger UI on the other services' pages signs in at the issuer's /auth/token: cross-origin.
+            others = [self.api_url(other) for other in SERVICE_NAMES if other != issuer.name]
+            env[f"{prefix}_CORS_ALLOW_ORIGINS"] = ",".join(others)
         else:
-            env[f"{prefix}_TOKEN_URL"] = f"{users_api}/auth/token"
-        if service == "notify":
-            env |= {
-                "NOTIFY_EMAIL_URL": self.mail_dir.as_uri(),
-                "NOTIFY_UNSUBSCRIBE_SECRET": self.stored["notify_unsubscribe_secret"],
-                "NOTIFY_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.ports.api(service)}",
-            }
-        return env
+            env[f"{prefix}_TOKEN_URL"] = f"{self.api_url(issuer.name)}{TOKEN_PATH}"
+        return env | dev_service(service).local_settings(self)
 
     def own_variables(self, service: str, database_url: str) -> dict[str, str]:
         """Every ``<SERVICE>_*`` variable a service's processes get.
@@ -476,7 +507,7 @@ class DevStack:
         check_ports(self.ports)
         from shared.events.permissions import nats_authorization
 
-        self.nats.config = nats_authorization({s: self.stored[f"{s}_nats_password"] for s in SERVICES})
+        self.nats.config = nats_authorization({s: self.stored[f"{s}_nats_password"] for s in SERVICE_NAMES})
         for service in self.services:
             for key in self.ignored_variables(service):
                 self.say(f"ignoring {key} from the environment: just up sets it (ports move with RELAY_*_PORT)")
@@ -686,8 +717,7 @@ class DevStack:
             ("postgres", f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/{DATABASE}"),
             ("nats", self.nats.url),
         ]
-        if "notify" in self.services:
-            rows.append(("mail", str(self.mail_dir)))
+        rows += [row for service in self.services for row in dev_service(service).shown(self).items()]
         self.say(f"ready in {seconds:.1f}s")
         for name, url in rows:
             self.say(f"  {name:<15} {url}")
@@ -719,6 +749,21 @@ def _answers_ready(process: ServiceProcess, url: str) -> Callable[[], bool]:
         return False
 
     return check
+
+
+TOKEN_PATH = "/auth/token"  # noqa: S105 - a URL path, not a secret
+"""The token issuer's OAuth2 password-flow endpoint, where Swagger UI signs in."""
+
+
+def _token_issuer() -> DevService:
+    """The one service that signs access tokens."""
+    (issuer,) = (spec for spec in DEV_SERVICES if spec.issues_tokens)
+    return issuer
+
+
+def _signing_key_name() -> str:
+    """The name of the token signing key in ``secrets.json`` (``users_jwt_private_key``)."""
+    return f"{_token_issuer().name}_jwt_private_key"
 
 
 # The two key helpers use cryptography directly: importing shared.auth would import Litestar
@@ -817,7 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(
             prog="just env", description="Print the export lines one service's CLI needs against the running stack."
         )
-        parser.add_argument("service", choices=SERVICES)
+        parser.add_argument("service", choices=SERVICE_NAMES)
         parser.add_argument("--data", type=Path, default=default_data, help="data directory (default .data)")
         args = parser.parse_args(arguments[1:])
         try:

@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError
 from devtools.stack.servers import NatsServer, PostgresServer
 from shared.auth import AccessTokenSigner, generate_private_key_pem
 from shared.events.streams import STREAMS, ensure_streams
+from shared.events.topology import SERVICE_NAMES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -73,7 +74,7 @@ def private_key_pem() -> str:
 @pytest.fixture(scope="session")
 def access_token_signer(private_key_pem: str) -> AccessTokenSigner:
     """Signs access tokens for any service's tests, accepted by every audience."""
-    return AccessTokenSigner(private_key_pem, issuer="users", audiences=["users", "orders", "notify"], ttl_seconds=900)
+    return AccessTokenSigner(private_key_pem, issuer="users", audiences=list(SERVICE_NAMES), ttl_seconds=900)
 
 
 @pytest.fixture

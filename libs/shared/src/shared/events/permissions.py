@@ -1,8 +1,9 @@
 """Per-service NATS users, each allowed exactly what its role in the topology needs.
 
-Generated from ``STREAMS`` and ``CONSUMERS``, so the local stack, the tests and Kubernetes all run
-with the same rules: a service publishes only to its own stream and to its consumers' dead-letter
-subjects, manages only its own stream and consumers, and receives replies only on its own inbox.
+Generated from the declared services (``shared.events.topology``), their streams and consumers, so
+the local stack, the tests and Kubernetes all run with the same rules: a service publishes only to
+its own stream and to its consumers' dead-letter subjects, manages only its own stream and
+consumers, receives replies only on its own inbox, and uses only the core subjects it declares.
 """
 
 from __future__ import annotations
@@ -10,14 +11,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from shared.events.streams import CONSUMERS, DLQ_STREAM, LIVE_NOTIFICATIONS, STREAMS, dead_letter_subject
+from shared.events.streams import DLQ_STREAM, dead_letter_subject
+from shared.events.topology import SERVICES, service
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ("SERVICES", "inbox_prefix", "nats_authorization", "service_permissions")
-
-SERVICES = ("users", "orders", "notify")
+__all__ = ("inbox_prefix", "nats_authorization", "service_permissions")
 
 
 def inbox_prefix(service: str) -> str:
@@ -25,17 +25,19 @@ def inbox_prefix(service: str) -> str:
     return f"_INBOX_{service}"
 
 
-def service_permissions(service: str) -> dict[str, dict[str, list[str]]]:
-    """The publish and subscribe allow-lists of one service."""
+def service_permissions(name: str) -> dict[str, dict[str, list[str]]]:
+    """The publish and subscribe allow-lists of one service.
+
+    Raises:
+        LookupError: No such service is declared.
+    """
     api = "$JS.API"
-    owned = [spec for spec in STREAMS if spec.owner == service]
-    consumers = [spec for spec in CONSUMERS if spec.service == service]
-    publish = [subject for spec in owned for subject in spec.subjects]
-    publish.append(f"{api}.INFO")
-    for stream in [*(spec.name for spec in owned), DLQ_STREAM]:
+    spec = service(name)
+    publish = [*spec.stream.subjects, f"{api}.INFO"]
+    for stream in (spec.stream.name, DLQ_STREAM):
         publish += [f"{api}.STREAM.CREATE.{stream}", f"{api}.STREAM.UPDATE.{stream}", f"{api}.STREAM.INFO.{stream}"]
     publish += [f"{api}.STREAM.MSG.GET.{DLQ_STREAM}", f"{api}.STREAM.MSG.DELETE.{DLQ_STREAM}"]
-    for consumer in consumers:
+    for consumer in spec.consumers:
         stream, durable = consumer.stream, consumer.durable
         publish += [
             f"{api}.STREAM.INFO.{stream}",
@@ -47,10 +49,8 @@ def service_permissions(service: str) -> dict[str, dict[str, list[str]]]:
             f"$JS.ACK.{stream}.{durable}.>",
             dead_letter_subject(stream, durable),
         ]
-    subscribe = [f"{inbox_prefix(service)}.>"]
-    if service == "notify":  # live push fans out over core NATS between notify processes
-        publish.append(f"{LIVE_NOTIFICATIONS}.>")
-        subscribe.append(f"{LIVE_NOTIFICATIONS}.>")
+    publish += spec.core_subjects
+    subscribe = [f"{inbox_prefix(name)}.>", *spec.core_subjects]
     return {"publish": {"allow": sorted(set(publish))}, "subscribe": {"allow": subscribe}}
 
 
@@ -61,8 +61,8 @@ def nats_authorization(passwords: Mapping[str, str]) -> str:
         passwords: Each service's password (plain, or a bcrypt hash as ``nats-server`` accepts).
     """
     users = [
-        {"user": service, "password": passwords[service], "permissions": service_permissions(service)}
-        for service in SERVICES
-        if service in passwords
+        {"user": spec.name, "password": passwords[spec.name], "permissions": service_permissions(spec.name)}
+        for spec in SERVICES
+        if spec.name in passwords
     ]
     return "authorization {\n  users: " + json.dumps(users, indent=2).replace("\n", "\n  ") + "\n}\n"
