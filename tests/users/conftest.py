@@ -12,9 +12,7 @@ from users.settings import UsersSettings
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from devtools.stack.servers import PostgresServer
-
-PASSWORD = "correct horse battery"
+    from devtools.stack.servers import NatsServer, PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -46,25 +44,10 @@ async def client(users_settings: UsersSettings) -> AsyncIterator[httpx.AsyncClie
         yield client
 
 
-async def register(
-    client: httpx.AsyncClient, email: str, *, password: str = PASSWORD, name: str = "Ada"
-) -> dict[str, str]:
-    response = await client.post("/auth/register", json={"email": email, "password": password, "display_name": name})
-    assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-async def login(client: httpx.AsyncClient, email: str, *, password: str = PASSWORD) -> dict[str, str]:
-    response = await client.post("/auth/login", json={"email": email, "password": password})
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-def bearer(tokens: dict[str, str] | str) -> dict[str, str]:
-    token = tokens if isinstance(tokens, str) else tokens["access_token"]
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def signed_in(client: httpx.AsyncClient, email: str) -> dict[str, str]:
-    await register(client, email)
-    return await login(client, email)
+@pytest.fixture
+def users_environment(monkeypatch: pytest.MonkeyPatch, users_settings: UsersSettings, nats_server: NatsServer) -> None:
+    monkeypatch.setenv("USERS_DATABASE_URL", users_settings.database_url)
+    monkeypatch.setenv("USERS_JWT_PRIVATE_KEY", users_settings.jwt_private_key)
+    monkeypatch.setenv("USERS_NATS_URL", nats_server.url)
+    monkeypatch.setenv("USERS_PASSWORD_HASH_TIME_COST", "1")
+    monkeypatch.setenv("USERS_PASSWORD_HASH_MEMORY_KIB", "8192")

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from devtools.testing import serve_app
 from shared.auth import AccessTokenSigner, generate_private_key_pem, keys_from_jwks
 from shared.events.topology import SERVICE_NAMES
-from tests.users.conftest import PASSWORD, bearer, login, register, signed_in
+from tests.users.helpers import PASSWORD, bearer, login, register, signed_in
 from users.app import create_app
 
 if TYPE_CHECKING:

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from users.models import User
+from tests.users.helpers import count_users
+from users.app import create_app
 
 if TYPE_CHECKING:
     import httpx
 
-
-async def count_users(database_url: str) -> int:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            return int(await connection.scalar(select(func.count()).select_from(User)) or 0)
-    finally:
-        await engine.dispose()
+    from users.settings import UsersSettings
 
 
 @pytest.mark.parametrize(
@@ -80,6 +73,21 @@ async def test_unknown_route_and_method_are_problem_documents(client: httpx.Asyn
     assert missing.headers["content-type"] == wrong_method.headers["content-type"] == "application/problem+json"
 
 
-async def test_non_uuid_path_parameter_is_a_client_error(client: httpx.AsyncClient) -> None:
-    response = await client.get("/users/not-a-uuid")
-    assert 400 <= response.status_code < 500
+async def test_a_non_uuid_id_is_404_on_every_route_that_takes_one(
+    client: httpx.AsyncClient, users_settings: UsersSettings
+) -> None:
+    # No route matches a segment that is not a UUID: the same 404 problem as an unknown path,
+    # before authentication, whatever the method.
+    routes = {
+        (method, route.path)
+        for route in create_app(users_settings).routes
+        if ":uuid}" in route.path
+        for method in route.methods - {"HEAD", "OPTIONS"}
+    }
+    assert routes >= {("GET", "/users/{user_id:uuid}"), ("PATCH", "/users/{user_id:uuid}")}
+    for method, path in sorted(routes):
+        url = re.sub(r"\{[^}]*:uuid\}", "not-a-uuid", path)
+        response = await client.request(method, url, json={} if method in {"PATCH", "POST", "PUT"} else None)
+        assert response.status_code == 404, (method, url, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == 404

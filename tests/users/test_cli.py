@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
-from click.testing import CliRunner
 
-from tests.users.conftest import register
-from users.cli import main
+from tests.users.helpers import register, users_command
 
 if TYPE_CHECKING:
     import httpx
-
-    from devtools.stack.servers import NatsServer
-    from users.settings import UsersSettings
-
-
-@pytest.fixture
-def users_environment(monkeypatch: pytest.MonkeyPatch, users_settings: UsersSettings, nats_server: NatsServer) -> None:
-    monkeypatch.setenv("USERS_DATABASE_URL", users_settings.database_url)
-    monkeypatch.setenv("USERS_JWT_PRIVATE_KEY", users_settings.jwt_private_key)
-    monkeypatch.setenv("USERS_NATS_URL", nats_server.url)
-    monkeypatch.setenv("USERS_PASSWORD_HASH_TIME_COST", "1")
-    monkeypatch.setenv("USERS_PASSWORD_HASH_MEMORY_KIB", "8192")
-
-
-async def users_command(*args: str, stdin: str | None = None) -> tuple[int, str]:
-    # The commands call asyncio.run themselves: run them off this test's loop.
-    result = await asyncio.to_thread(CliRunner().invoke, main, list(args), input=stdin)
-    return result.exit_code, result.output
 
 
 @pytest.mark.usefixtures("users_environment")

@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from shared.errors import DomainError
-from tests.users.conftest import PASSWORD, bearer, login, register, signed_in
-from tests.users.test_bad_input import count_users
-from tests.users.test_cli import users_command, users_environment  # noqa: F401 - a fixture
+from tests.users.helpers import PASSWORD, bearer, count_users, login, register, signed_in, users_command
 from users.cli import create_admin_account
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from devtools.stack.servers import free_port
@@ -21,8 +20,8 @@ from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import UserDeactivated, UserRegistered, UserUpdated, decode_event
 from shared.events.streams import ConsumerSpec
 from shared.worker import Worker
-from tests.users.conftest import PASSWORD, bearer, register, signed_in
-from users.models import EVENT_TABLES, OUTBOX
+from tests.users.helpers import PASSWORD, bearer, outbox_events, register, signed_in
+from users.models import OUTBOX
 from users.worker import worker_plan
 
 if TYPE_CHECKING:
@@ -33,19 +32,6 @@ if TYPE_CHECKING:
 
     from devtools.stack.servers import NatsServer
     from users.settings import UsersSettings
-
-
-async def outbox_events(database_url: str) -> list[tuple[str, object, int]]:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as connection:
-            rows = (
-                await connection.execute(select(EVENT_TABLES.outbox.c.body).order_by(EVENT_TABLES.outbox.c.id))
-            ).all()
-    finally:
-        await engine.dispose()
-    decoded = [decode_event(row.body) for row in rows]
-    return [(event.envelope.type, event.payload, event.envelope.sequence) for event in decoded]
 
 
 async def test_registration_writes_its_event_and_a_refused_one_writes_none(
@@ -70,8 +56,9 @@ async def test_profile_change_and_deactivation_write_events_with_rising_sequence
     client: httpx.AsyncClient, users_database: str
 ) -> None:
     tokens = await signed_in(client, "seq@example.com")
-    await client.patch("/users/me", json={"display_name": "Renamed"}, headers=bearer(tokens))
-    await client.delete("/users/me", headers=bearer(tokens))
+    renamed = await client.patch("/users/me", json={"display_name": "Renamed"}, headers=bearer(tokens))
+    assert renamed.status_code == 200, renamed.text
+    assert (await client.delete("/users/me", headers=bearer(tokens))).status_code == 204
     events = await outbox_events(users_database)
     assert [(kind, sequence) for kind, _, sequence in events] == [
         ("users.user.registered", 1),

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from devtools.testing import serve_app
-from tests.users.conftest import PASSWORD, bearer, login, register
+from tests.users.helpers import PASSWORD, bearer, login, register
 from users.app import create_app
 from users.passwords import PasswordHasher
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tests.users.conftest import PASSWORD, bearer, login, register, signed_in
+from tests.users.helpers import PASSWORD, admin_tokens, bearer, login, register, signed_in
 from users.cli import create_admin_account
 
 if TYPE_CHECKING:
@@ -11,16 +11,11 @@ if TYPE_CHECKING:
     from users.settings import UsersSettings
 
 
-async def admin_tokens(client: httpx.AsyncClient, settings: UsersSettings) -> dict[str, str]:
-    _, created = await create_admin_account(settings, email="root@example.com", password=PASSWORD, display_name="Root")
-    assert created
-    return await login(client, "root@example.com")
-
-
 async def test_profile_shows_and_updates_display_name(client: httpx.AsyncClient) -> None:
     tokens = await signed_in(client, "me@example.com")
     response = await client.patch("/users/me", json={"display_name": "Ada L."}, headers=bearer(tokens))
     assert response.status_code == 200
+    assert response.json()["display_name"] == "Ada L."
     assert (await client.get("/users/me", headers=bearer(tokens))).json()["display_name"] == "Ada L."
 
 
@@ -86,8 +81,10 @@ async def test_admin_lists_users_paginated_and_searches(
     await register(client, "zed@example.com", name="Zed")
     tokens = await admin_tokens(client, users_settings)
 
-    page = (await client.get("/users", params={"limit": 2, "offset": 0}, headers=bearer(tokens))).json()
-    assert page["total"] == 5
+    response = await client.get("/users", params={"limit": 2, "offset": 0}, headers=bearer(tokens))
+    assert response.status_code == 200, response.text
+    page = response.json()
+    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 0)
     assert len(page["items"]) == 2
     assert page["items"][0]["email"] == "root@example.com"  # newest first
 
@@ -107,16 +104,23 @@ async def test_admin_reads_and_changes_role_and_active_flag(
     tokens = await admin_tokens(client, users_settings)
 
     shown = await client.get(f"/users/{account['id']}", headers=bearer(tokens))
+    assert shown.status_code == 200, shown.text
     assert shown.json()["email"] == "staff@example.com"
     promoted = await client.patch(f"/users/{account['id']}", json={"role": "admin"}, headers=bearer(tokens))
+    assert promoted.status_code == 200, promoted.text
     assert promoted.json()["role"] == "admin"
     deactivated = await client.patch(f"/users/{account['id']}", json={"is_active": False}, headers=bearer(tokens))
+    assert deactivated.status_code == 200, deactivated.text
     assert deactivated.json()["is_active"] is False
     assert (
         await client.post("/auth/login", json={"email": "staff@example.com", "password": PASSWORD})
     ).status_code == 401
-    await client.patch(f"/users/{account['id']}", json={"is_active": True}, headers=bearer(tokens))
+    reactivated = await client.patch(f"/users/{account['id']}", json={"is_active": True}, headers=bearer(tokens))
+    assert reactivated.status_code == 200, reactivated.text
+    assert (reactivated.json()["is_active"], reactivated.json()["role"]) == (True, "admin")
     await login(client, "staff@example.com")
+    shown_again = await client.get(f"/users/{account['id']}", headers=bearer(tokens))
+    assert shown_again.json() == reactivated.json()
 
 
 async def test_admin_cannot_demote_or_deactivate_themselves(

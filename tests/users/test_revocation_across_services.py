@@ -30,7 +30,7 @@ from orders.settings import OrdersSettings
 from orders.worker import worker_plan as orders_worker_plan
 from shared.revocations import REVOCATION_DETAIL
 from shared.worker import Worker
-from tests.users.conftest import bearer, login, register
+from tests.users.helpers import bearer, login, register
 from users.app import create_app as create_users_app
 from users.models import User
 from users.worker import worker_plan as users_worker_plan

@@ -82,6 +82,6 @@ class LoginThrottle(Base):
 
 
 EVENT_TABLES = define_event_tables(Base.metadata)
+"""The outbox users publishes through, and the inbox (unused: users consumes no events yet)."""
 OUTBOX = Outbox(EVENT_TABLES, source="users")
 """The service's one outbox: every route, handler, sweep and command of users adds its events here."""
-"""The outbox users publishes through, and the inbox (unused: users consumes no events yet)."""

@@ -73,7 +73,12 @@ class UserRepository(SQLAlchemyAsyncRepository[User]):
 
 
 class UserService:
-    """Everything that creates, changes or reveals an account; one transaction per change."""
+    """Everything that creates, changes or reveals an account.
+
+    Every call, reads included, is ``unit_of_work``: a read leaves no transaction open behind it
+    (SQLAlchemy begins one at the first statement), so a write that follows on the same session
+    still commits its own.
+    """
 
     def __init__(
         self,
@@ -149,7 +154,8 @@ class UserService:
         Raises:
             Unauthorized: The account is gone or deactivated, though its token is still valid.
         """
-        row = (await self.session.execute(select(*USER_COLUMNS).where(User.id == user_id))).one_or_none()
+        async with unit_of_work(self.session):
+            row = (await self.session.execute(select(*USER_COLUMNS).where(User.id == user_id))).one_or_none()
         if row is None or not row.is_active:
             raise Unauthorized(DEACTIVATED)
         return UserOut(**row._asdict())
@@ -160,7 +166,8 @@ class UserService:
         Raises:
             NotFound: No such account.
         """
-        row = (await self.session.execute(select(*USER_COLUMNS).where(User.id == user_id))).one_or_none()
+        async with unit_of_work(self.session):
+            row = (await self.session.execute(select(*USER_COLUMNS).where(User.id == user_id))).one_or_none()
         if row is None:
             raise NotFound("No such user.")
         return UserOut(**row._asdict())
@@ -174,10 +181,11 @@ class UserService:
             by_email = [User.email.contains(key, autoescape=True) for key in email_search_keys(search)]
             by_name = User.display_name.ilike(contains_pattern(unicodedata.normalize("NFC", search)), escape="\\")
             filters.append(or_(*by_email, by_name))
-        users, total = await self.repository.get_many_and_count(
-            *filters,  # type: ignore[arg-type]  # list of mixed filter kinds, each accepted by list_and_count
-            order_by=[(User.created_at, True), (User.id, True)],
-        )
+        async with unit_of_work(self.session):
+            users, total = await self.repository.get_many_and_count(
+                *filters,  # type: ignore[arg-type]  # list of mixed filter kinds, each accepted by list_and_count
+                order_by=[(User.created_at, True), (User.id, True)],
+            )
         return UserPage.of([_user_out(user) for user in users], total=total, request=page)
 
     async def update_profile(self, user_id: uuid.UUID, changes: ProfileUpdate, *, client_address: str) -> UserOut:

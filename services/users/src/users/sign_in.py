@@ -46,7 +46,7 @@ def _token_hash(raw_token: str) -> str:
 
 
 class SignInService:
-    """Turns credentials into tokens and rotates or revokes them; one transaction per step."""
+    """Turns credentials into tokens and rotates or revokes them; every step is one ``unit_of_work``."""
 
     def __init__(
         self,
