@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
-from nats.js.errors import NotFoundError
 from sqlalchemy import func, select
 
-from devtools.testing import eventually
-from shared.events.consumer import EventConsumer, EventContext, EventHandlers
+from shared.events.consumer import EventConsumer, EventContext, EventHandlers, HandlerOutcome
 from shared.events.contracts import UserRegistered, encode_event, new_envelope
 from shared.events.outbox import Outbox
-from shared.events.streams import ConsumerSpec
+from shared.events.streams import ConsumerSpec, ensure_consumer
 from tests.shared.events.helpers import TABLES, effects, registered
 
 if TYPE_CHECKING:
@@ -43,33 +40,20 @@ async def test_handlers_that_ask_for_their_own_transactions_get_one_per_event(
             seen.append(transaction)
         await context.session.execute(effects.insert().values(event_id=context.envelope.id, note=event.email))
 
-    for index in range(EVENTS):  # all published before the consumer starts: they arrive in one fetch
+    for index in range(EVENTS):
         envelope = new_envelope(registered(index), source="users", sequence=1)
         await jetstream.publish(envelope.type, encode_event(envelope), headers={"Nats-Msg-Id": envelope.id})
-    consumer = EventConsumer(
-        spec=SPEC,
-        handlers=handlers,
-        session_maker=lab_sessions,
-        js=jetstream,
-        outbox=Outbox(TABLES, source="users"),
-        fetch_timeout=0.3,
-    )
+    await ensure_consumer(jetstream, SPEC)
+    subscription = await jetstream.pull_subscribe_bind(durable=SPEC.durable, stream=SPEC.stream)
+    fetched = await subscription.fetch(EVENTS, timeout=5)
+    assert len(fetched) == EVENTS  # one batch, as the consumer's loop would get it
 
-    async def drained() -> bool:
-        try:
-            info = await jetstream.consumer_info(SPEC.stream, SPEC.durable)
-        except NotFoundError:
-            return False
-        return bool(info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.consumer_seq >= EVENTS)
+    outcomes = await EventConsumer(
+        spec=SPEC, handlers=handlers, session_maker=lab_sessions, js=jetstream, outbox=Outbox(TABLES, source="users")
+    ).process_batch(fetched)
+    await subscription.unsubscribe()
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await eventually(drained, what="every event applied")
-    finally:
-        stop.set()
-        await task
-
+    assert outcomes == [HandlerOutcome.APPLIED] * EVENTS
     assert len(seen) == transactions
     async with lab_engine.connect() as connection:
         assert await connection.scalar(select(func.count(func.distinct(effects.c.note)))) == EVENTS
