@@ -15,7 +15,14 @@ from notify.live import LivePublisher
 from notify.settings import NotifySettings
 from notify.templates import NotificationTemplates
 from notify.tokens import UnsubscribeLinks
-from tests.notify.helpers import PUBLIC_BASE_URL, UNSUBSCRIBE_SECRET, MailServer, Publisher, RunningWorker
+from tests.notify.helpers import (
+    PUBLIC_BASE_URL,
+    UNSUBSCRIBE_SECRET,
+    MailServer,
+    Publisher,
+    RunningWorker,
+    api_environment,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -36,6 +43,14 @@ def notify_database_url(postgres_server: PostgresServer) -> str:
 async def notify_database(notify_database_url: str) -> AsyncIterator[str]:
     yield notify_database_url
     await truncate_schema(notify_database_url, "notify")
+
+
+@pytest.fixture(scope="session")
+def notify_api_env(
+    notify_database_url: str, nats_server: NatsServer, access_token_signer: AccessTokenSigner
+) -> dict[str, str]:
+    """The environment of a ``notify api`` process the tests start (``helpers.running_apis``)."""
+    return api_environment(notify_database_url, nats_server.url, access_token_signer)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,7 @@ from shared.events.contracts import OrderLine, OrderPlaced, UserRegistered, enco
 from shared.worker import Worker
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from email.message import EmailMessage
 
     from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -300,7 +300,23 @@ class ApiProcess:
         stop_process(self.process, 30)
 
 
+@contextmanager
+def running_apis(env: dict[str, str], logs: Path, *, count: int) -> Iterator[list[ApiProcess]]:
+    """``count`` ``notify api`` processes started side by side and ready; stopped on the way out."""
+    processes = [ApiProcess(env, logs / f"api-{index}.log") for index in range(count)]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.wait_ready()
+        yield processes
+    finally:
+        for process in processes:
+            process.stop()
+
+
 def api_environment(database_url: str, nats_url: str, signer: AccessTokenSigner) -> dict[str, str]:
+    """The ``NOTIFY_*`` variables of an API process on the tests' database and NATS (nothing else of ours)."""
     base = {key: value for key, value in os.environ.items() if not key.startswith("NOTIFY_")}
     return base | {
         "NOTIFY_DATABASE_URL": database_url,

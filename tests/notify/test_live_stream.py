@@ -19,18 +19,7 @@ from sqlalchemy import select
 from devtools.testing import eventually
 from notify.models import Notification
 from shared.events.contracts import OrderDelivered, OrderPaid, OrderShipped
-from tests.notify.helpers import (
-    HEARTBEAT_SECONDS,
-    ApiProcess,
-    Publisher,
-    RunningWorker,
-    api_environment,
-    at_least,
-    bearer,
-    known_user,
-    open_stream,
-    placed,
-)
+from tests.notify.helpers import HEARTBEAT_SECONDS, at_least, bearer, known_user, open_stream, placed, running_apis
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,11 +27,10 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from devtools.stack.servers import NatsServer
     from shared.auth import AccessTokenSigner
+    from tests.notify.helpers import ApiProcess, Publisher, RunningWorker
 
-TwoApis = tuple[ApiProcess, ApiProcess]
-"""Two API processes of the same service, as two replicas behind a load balancer would be."""
+    TwoApis = tuple[ApiProcess, ApiProcess]
 
 
 @dataclass(frozen=True)
@@ -60,25 +48,10 @@ async def reader(engine: AsyncEngine, access_token_signer: AccessTokenSigner) ->
 
 
 @pytest.fixture(scope="module")
-def apis(
-    notify_database_url: str,
-    nats_server: NatsServer,
-    access_token_signer: AccessTokenSigner,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[TwoApis]:
+def apis(notify_api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoApis]:
     """Two API processes of the same service, as two replicas behind a load balancer would be."""
-    env = api_environment(notify_database_url, nats_server.url, access_token_signer)
-    logs = tmp_path_factory.mktemp("notify-api")
-    first, second = ApiProcess(env, logs / "first.log"), ApiProcess(env, logs / "second.log")
-    try:
-        first.start()
-        second.start()
-        first.wait_ready()
-        second.wait_ready()
+    with running_apis(notify_api_env, tmp_path_factory.mktemp("notify-api"), count=2) as (first, second):
         yield first, second
-    finally:
-        first.stop()
-        second.stop()
 
 
 async def test_a_new_notification_is_pushed_to_open_streams_on_both_instances(
@@ -152,22 +125,14 @@ async def test_a_stream_carries_only_its_own_users_notifications(
 
 
 async def test_stopping_the_api_ends_open_streams_cleanly(
-    notify_database_url: str,
-    nats_server: NatsServer,
-    access_token_signer: AccessTokenSigner,
-    tmp_path: Path,
+    notify_api_env: dict[str, str], access_token_signer: AccessTokenSigner, tmp_path: Path
 ) -> None:
-    api = ApiProcess(api_environment(notify_database_url, nats_server.url, access_token_signer), tmp_path / "api.log")
-    api.start()
-    try:
-        api.wait_ready()
+    with running_apis(notify_api_env, tmp_path, count=1) as (api,):
         async with open_stream(api.url, bearer(access_token_signer, uuid.uuid4())) as stream:
             assert api.process is not None
             api.process.send_signal(signal.SIGTERM)
             rest = await stream.until_end(within=30)
         exit_code = await asyncio.to_thread(api.process.wait, 15)
-    finally:
-        api.stop()
     assert ["server shutting down; reconnect"] in [block.comments for block in rest]
     assert exit_code == 0
     assert "refused to gracefully stop" not in api.log.read_text()

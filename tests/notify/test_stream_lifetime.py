@@ -22,46 +22,26 @@ from shared.auth import AccessTokenSigner, Principal
 from shared.errors import TooManyRequests
 from shared.events.contracts import OrderPaid, UserUpdated
 from shared.revocations import REVOCATION_DETAIL
-from tests.notify.helpers import (
-    ApiProcess,
-    Publisher,
-    RunningWorker,
-    api_environment,
-    at_least,
-    bearer,
-    known_user,
-    open_stream,
-    placed,
-)
+from tests.notify.helpers import at_least, bearer, known_user, open_stream, placed, running_apis
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from devtools.stack.servers import NatsServer
+    from tests.notify.helpers import ApiProcess, Publisher, RunningWorker
 
 MAX_STREAMS = 2
 
 
 @pytest.fixture(scope="module")
-def api(
-    notify_database_url: str,
-    nats_server: NatsServer,
-    access_token_signer: AccessTokenSigner,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ApiProcess]:
-    env = api_environment(notify_database_url, nats_server.url, access_token_signer) | {
+def api(notify_api_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    env = notify_api_env | {
         "NOTIFY_STREAM_MAX_PER_USER": str(MAX_STREAMS),
         "NOTIFY_TOKEN_REVOCATION_POLL_SECONDS": "0.2",
     }
-    process = ApiProcess(env, tmp_path_factory.mktemp("notify-api") / "api.log")
-    try:
-        process.start()
-        process.wait_ready()
+    with running_apis(env, tmp_path_factory.mktemp("notify-api"), count=1) as (process,):
         yield process
-    finally:
-        process.stop()
 
 
 async def test_a_stream_ends_at_its_tokens_expiry_and_a_fresh_token_resumes_without_loss(
