@@ -31,8 +31,8 @@ from devtools.testing import eventually
 from orders.events import users_replica_handlers
 from orders.models import OUTBOX, Order, OrderLine, Product
 from orders.stock import lock_stock
-from orders.transactions import RETRIED_SQLSTATES
 from orders.worker import worker_plan
+from shared.db import TRANSIENT_SQLSTATES
 from shared.events import streams
 from shared.events.consumer import EventConsumer, HandlerOutcome
 from shared.events.contracts import UserDeactivated, decode_event, encode_event, new_envelope
@@ -152,7 +152,7 @@ def transaction_retries() -> float:
     """How often the service re-ran a transaction Postgres aborted (the lock order should keep it 0)."""
     return sum(
         REGISTRY.get_sample_value("orders_transaction_retries_total", {"sqlstate": state}) or 0.0
-        for state in RETRIED_SQLSTATES
+        for state in TRANSIENT_SQLSTATES
     )
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = (
     "NAMING_CONVENTION",
     "POOL_RECYCLE_SECONDS",
+    "TRANSIENT_SQLSTATES",
     "contains_pattern",
     "database_failure_reason",
     "is_database_unavailable",
@@ -49,6 +50,7 @@ __all__ = (
     "provision_service_role",
     "run_migrations_env",
     "schema_registry",
+    "transient_sqlstate",
 )
 
 NAMING_CONVENTION = {
@@ -115,6 +117,27 @@ def is_database_unavailable(error: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+"""deadlock_detected and serialization_failure: Postgres rolled the transaction back; it may run again."""
+
+
+def transient_sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of ``error`` (or of what caused it) if it is one of :data:`TRANSIENT_SQLSTATES`, else None.
+
+    Such a transaction changed nothing, so running it again is safe (a service's retry of its own
+    transaction, a consumer's retry of one handler).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if state in TRANSIENT_SQLSTATES:
+            return str(state)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def database_failure_reason(error: BaseException) -> str:

@@ -24,17 +24,17 @@ import structlog
 from prometheus_client import Counter
 from sqlalchemy.exc import DBAPIError
 
+from shared.db import transient_sqlstate
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ("RETRIED_SQLSTATES", "TRANSACTION_RETRIES", "retry_transient", "transient_sqlstate")
+__all__ = ("TRANSACTION_RETRIES", "retry_transient")
 
 log = structlog.get_logger("orders.transactions")
 
-RETRIED_SQLSTATES = frozenset({"40P01", "40001"})
-"""deadlock_detected and serialization_failure: the transaction was rolled back and may run again."""
 ATTEMPTS = 3
 TRANSACTION_RETRIES = Counter(
     "orders_transaction_retries",
@@ -53,19 +53,6 @@ class HasSession(Protocol):
 
 
 S = TypeVar("S", bound=HasSession)
-
-
-def transient_sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of ``error`` (or of what caused it) if it is one worth re-running, else None."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if state in RETRIED_SQLSTATES:
-            return str(state)
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def retry_transient(

@@ -29,6 +29,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import any_, bindparam, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
+from shared.db import transient_sqlstate
 from shared.events.contracts import DecodedEvent, EventPayload, UndecodableEventError, decode_event
 from shared.events.metrics import (
     CONSUMER_DEAD_LETTERED,
@@ -539,22 +540,6 @@ class _HandlerFailedError(Exception):
         super().__init__(repr(error))
         self.delivery = delivery
         self.error = error
-
-
-def transient_sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of ``error`` (or of its causes) if it is a deadlock or serialization failure."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
-        if state in _TRANSIENT_SQLSTATES:
-            return str(state)
-        current = current.__cause__ or current.__context__
-    return None
-
-
-_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 
 async def _unsubscribe(subscription: Any) -> None:
