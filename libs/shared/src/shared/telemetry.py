@@ -1,7 +1,11 @@
 """Traces and logs: OpenTelemetry configured from the standard ``OTEL_*`` variables, JSON logs.
 
-No exporter runs unless ``OTEL_TRACES_EXPORTER`` or an ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variable
-asks for one, so a developer's laptop and the test suite send nothing anywhere.
+The variables are read as the OpenTelemetry specification says (``tracing_plan``), with one
+deliberate exception: when ``OTEL_TRACES_EXPORTER`` is not set, spans are exported over OTLP only
+if an endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``).
+The specification's default (``otlp`` to ``http://localhost:4318``) would make every bare process
+(a CLI command, a test, a laptop without a collector) retry for seconds at each batch and at exit,
+warning on stderr each time. ``OTEL_TRACES_EXPORTER=otlp`` alone still sends to that default.
 """
 
 from __future__ import annotations
@@ -9,43 +13,255 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import urllib.parse
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from litestar.types import ASGIApp, Receive, Scope, Send
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.sampling import Sampler
     from structlog.typing import EventDict, WrappedLogger
 
-__all__ = ("RouteSpanNameMiddleware", "add_trace_ids", "configure_logging", "configure_tracing")
+__all__ = (
+    "DEFAULT_OTLP_ENDPOINT",
+    "RouteSpanNameMiddleware",
+    "TracingPlan",
+    "add_trace_ids",
+    "build_tracer_provider",
+    "configure_logging",
+    "configure_tracing",
+    "tracing_plan",
+)
+
+log = structlog.get_logger("shared.telemetry")
+
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
+"""The specification's default OTLP/HTTP endpoint (the signal path ``/v1/traces`` is appended)."""
+
+_EXPORTERS = ("otlp", "console", "none")
+_SUPPORTED_PROTOCOL = "http/protobuf"
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+_DEFAULT_SAMPLER = "parentbased_always_on"
 
 _configured_service: str | None = None
 
 
+@dataclass(frozen=True)
+class TracingPlan:
+    """What the ``OTEL_*`` variables ask of this process's tracing, read once, applied by ``configure_tracing``."""
+
+    disabled: bool
+    """``OTEL_SDK_DISABLED=true``: no SDK at all (the API's no-op tracer stays)."""
+    exporters: tuple[str, ...]
+    """The exporters that run: ``otlp`` and/or ``console``; empty exports nothing."""
+    otlp_endpoint: str | None
+    """The full OTLP/HTTP traces URL (``.../v1/traces``) when ``otlp`` runs."""
+    sampler: str
+    """One of the specification's sampler names."""
+    sampler_ratio: float
+    """The ratio of the ``traceidratio`` samplers (``OTEL_TRACES_SAMPLER_ARG``, default 1.0)."""
+    resource: dict[str, str] = field(default_factory=dict)
+    """Resource attributes: ``OTEL_RESOURCE_ATTRIBUTES``, then ``service.name``."""
+    warnings: tuple[str, ...] = ()
+    """One line per variable that was not understood, and what was done instead."""
+
+    def make_sampler(self) -> Sampler:
+        """The SDK sampler this plan names."""
+        from opentelemetry.sdk.trace import sampling
+
+        ratio = sampling.TraceIdRatioBased(self.sampler_ratio)
+        return {
+            "always_on": sampling.ALWAYS_ON,
+            "always_off": sampling.ALWAYS_OFF,
+            "traceidratio": ratio,
+            "parentbased_always_on": sampling.ParentBased(sampling.ALWAYS_ON),
+            "parentbased_always_off": sampling.ParentBased(sampling.ALWAYS_OFF),
+            "parentbased_traceidratio": sampling.ParentBased(ratio),
+        }[self.sampler]
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def _resource_attributes(raw: str, warnings: list[str]) -> dict[str, str]:
+    """``key1=value1,key2=value2`` with percent-encoded values (W3C Baggage octets), as the spec says."""
+    attributes: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            warnings.append(f"OTEL_RESOURCE_ATTRIBUTES: ignoring {item.strip()!r} (expected key=value)")
+            continue
+        attributes[key.strip()] = urllib.parse.unquote(value.strip())
+    return attributes
+
+
+def _traces_endpoint(env: Mapping[str, str]) -> str:
+    """The signal-specific URL is used as given; the generic one gets ``/v1/traces`` appended."""
+    specific = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if specific:
+        return specific
+    generic = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or DEFAULT_OTLP_ENDPOINT
+    return f"{generic.rstrip('/')}/v1/traces"
+
+
+def tracing_plan(service_name: str, environ: Mapping[str, str]) -> TracingPlan:  # noqa: PLR0912 - one branch per variable
+    """Read the standard ``OTEL_*`` tracing variables from ``environ``.
+
+    ``OTEL_SDK_DISABLED``, ``OTEL_TRACES_EXPORTER`` (comma-separated ``otlp``, ``console``,
+    ``none``), ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` and ``_PROTOCOL`` (only ``http/protobuf``
+    is supported: another one is a warning and no OTLP exporter), ``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``. A value
+    that is not understood is a warning line and the specification's default.
+
+    Args:
+        service_name: The name used when neither ``OTEL_SERVICE_NAME`` nor the resource attributes give one.
+        environ: The variables (``os.environ`` in a process).
+    """
+    warnings: list[str] = []
+    resource = _resource_attributes(environ.get("OTEL_RESOURCE_ATTRIBUTES", ""), warnings)
+    resource["service.name"] = (
+        environ.get("OTEL_SERVICE_NAME", "").strip() or resource.get("service.name") or service_name
+    )
+
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or _DEFAULT_SAMPLER
+    if sampler not in _SAMPLERS:
+        warnings.append(f"OTEL_TRACES_SAMPLER: unknown sampler {sampler!r}, using {_DEFAULT_SAMPLER}")
+        sampler = _DEFAULT_SAMPLER
+    ratio = 1.0
+    raw_ratio = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if raw_ratio and sampler.endswith("traceidratio"):
+        try:
+            ratio = float(raw_ratio)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            warnings.append(f"OTEL_TRACES_SAMPLER_ARG: {raw_ratio!r} is not a ratio in [0, 1], using 1.0")
+            ratio = 1.0
+
+    if _true(environ.get("OTEL_SDK_DISABLED")):
+        return TracingPlan(True, (), None, sampler, ratio, resource, tuple(warnings))
+
+    raw = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if raw:
+        names: list[str] = []
+        for name in (part.strip() for part in raw.split(",")):
+            if name not in _EXPORTERS:
+                warnings.append(
+                    f"OTEL_TRACES_EXPORTER: unsupported exporter {name!r} ignored (known: otlp, console, none)"
+                )
+            elif name not in names:
+                names.append(name)
+        exporters = () if "none" in names else tuple(names)
+    else:
+        configured = any(
+            environ.get(name, "").strip()
+            for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+        exporters = ("otlp",) if configured else ()
+
+    endpoint = None
+    if "otlp" in exporters:
+        protocol = (
+            environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "").strip()
+            or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+            or _SUPPORTED_PROTOCOL
+        ).lower()
+        if protocol == _SUPPORTED_PROTOCOL:
+            endpoint = _traces_endpoint(environ)
+        else:
+            warnings.append(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (only http/protobuf): no OTLP export"
+            )
+            exporters = tuple(name for name in exporters if name != "otlp")
+    return TracingPlan(False, exporters, endpoint, sampler, ratio, resource, tuple(warnings))
+
+
+class _QuietExporter(SpanExporter):
+    """The OTLP exporter, saying once (not at every batch) that its endpoint does not answer."""
+
+    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+        self.inner = inner
+        self.endpoint = endpoint
+        self.failing = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        result = self.inner.export(spans)
+        if result is SpanExportResult.FAILURE and not self.failing:
+            log.warning("cannot export spans; dropping them until it answers", endpoint=self.endpoint)
+        self.failing = result is SpanExportResult.FAILURE
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _one_line_span(span: ReadableSpan) -> str:
+    return f"{span.to_json(indent=None)}\n"
+
+
+def build_tracer_provider(plan: TracingPlan) -> TracerProvider | None:
+    """The SDK tracer provider ``plan`` asks for, with its exporters; ``None`` when the SDK is disabled."""
+    if plan.disabled:
+        return None
+    from opentelemetry.sdk.resources import Resource
+
+    resource: Resource = Resource.create(plan.resource)
+    provider = TracerProvider(resource=resource, sampler=plan.make_sampler())
+    if "otlp" in plan.exporters and plan.otlp_endpoint is not None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        # The exporter's own log lines repeat every retry of every batch; _QuietExporter says it once.
+        logging.getLogger("opentelemetry.exporter.otlp.proto.http").setLevel(logging.CRITICAL)
+        logging.getLogger("opentelemetry.exporter.otlp.common").setLevel(logging.CRITICAL)
+        exporter = _QuietExporter(OTLPSpanExporter(endpoint=plan.otlp_endpoint), plan.otlp_endpoint)
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    if "console" in plan.exporters:
+        # One JSON line per span on stdout (logs go to stderr), as soon as the span ends.
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stdout, formatter=_one_line_span)))
+    return provider
+
+
 def configure_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> None:
-    """Install the process's tracer provider once, with an OTLP exporter when the env asks for it."""
+    """Install the process's tracer provider once, as the ``OTEL_*`` variables ask (``tracing_plan``)."""
     global _configured_service  # noqa: PLW0603 - one provider per process is OpenTelemetry's own rule
     if _configured_service is not None:
         return
-    env = os.environ if environ is None else environ
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", service_name)})
-    provider = TracerProvider(resource=resource)
-    wants_otlp = env.get("OTEL_TRACES_EXPORTER", "").lower() == "otlp" or any(
-        env.get(name) for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-    if wants_otlp and env.get("OTEL_TRACES_EXPORTER", "").lower() != "none":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    plan = tracing_plan(service_name, os.environ if environ is None else environ)
+    for warning in plan.warnings:
+        log.warning(warning)
+    provider = build_tracer_provider(plan)
+    if provider is not None:
+        trace.set_tracer_provider(provider)
     _configured_service = service_name
 
 
