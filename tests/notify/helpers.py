@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from shared.events.consumer import EventHandlers
     from shared.events.contracts import Envelope as EventEnvelope
     from shared.events.contracts import EventPayload
+    from shared.events.outbox import Outbox
 
 UNSUBSCRIBE_SECRET = "unsubscribe-secret-for-the-tests"
 PUBLIC_BASE_URL = "http://notify.test"
@@ -164,6 +165,7 @@ async def apply_directly(
     *,
     sequence: int = 1,
     envelope: EventEnvelope | None = None,
+    outbox: Outbox = OUTBOX,
 ) -> EventContext:
     """Run the handler for ``payload`` in a transaction of its own, as the consumer would, minus the inbox."""
     source = payload.event_type.split(".", 1)[0]
@@ -171,7 +173,7 @@ async def apply_directly(
     handler = handlers.get(type(payload))
     assert handler is not None
     async with sessions() as session, session.begin():
-        context = EventContext(session=session, envelope=envelope, outbox=OUTBOX)
+        context = EventContext(session=session, envelope=envelope, outbox=outbox)
         await handler(payload, context)
     for effect in context.after_commit:
         await effect()

@@ -11,7 +11,7 @@ from nats.js.errors import NotFoundError
 
 from devtools.testing import eventually
 from notify.events import order_notification_handlers, order_reference, users_replica_handlers
-from notify.models import OUTBOX, EmailDelivery, Notification
+from notify.models import EVENT_TABLES, OUTBOX, EmailDelivery, Notification
 from notify.schemas import NotificationOut
 from shared.events.consumer import EventConsumer, EventContext, EventHandlers
 from shared.events.contracts import (
@@ -26,6 +26,7 @@ from shared.events.contracts import (
     decode_event,
     new_envelope,
 )
+from shared.events.outbox import Outbox
 from shared.events.streams import LIVE_NOTIFICATIONS, ConsumerSpec, consumer
 from tests.notify.helpers import (
     Publisher,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from notify.events import NotificationPipeline
+    from shared.events.contracts import Envelope, EventPayload
 
 USERS_REPLICA = consumer("notify", "users-replica")
 ORDER_NOTIFICATIONS = consumer("notify", "order-notifications")
@@ -157,6 +159,34 @@ async def test_a_display_name_cannot_add_lines_to_a_title(
     await apply_directly(sessions, users_replica_handlers(pipeline), registered(user_id, name=name))
     [welcome] = await notifications_of(engine, user_id)
     assert welcome.title == "Welcome to Relay Shop, Mallory Bcc: everyone@example.com"
+
+
+class RecordingOutbox(Outbox):
+    """notify's outbox tables, remembering what was added through this one object."""
+
+    def __init__(self) -> None:
+        super().__init__(EVENT_TABLES, source="notify")
+        self.added: list[EventPayload] = []
+
+    async def add(self, session: AsyncSession, payload: EventPayload, *, sequence: int) -> Envelope:
+        self.added.append(payload)
+        return await super().add(session, payload, sequence=sequence)
+
+
+async def test_handlers_add_their_events_through_the_outbox_in_their_context(
+    pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine
+) -> None:
+    # The consumer hands every handler the service's one outbox; nothing else may reach one.
+    outbox = RecordingOutbox()
+    user_id = uuid.uuid4()
+    await apply_directly(sessions, users_replica_handlers(pipeline), registered(user_id), outbox=outbox)
+    await apply_directly(sessions, order_notification_handlers(pipeline), placed(user_id), outbox=outbox)
+
+    stored = await notifications_of(engine, user_id)
+    assert outbox.added == [
+        NotificationCreated(notification_id=row.id, user_id=user_id, kind=row.kind, title=row.title) for row in stored
+    ]
+    assert await outbox_types(engine) == ["notify.notification.created"] * 2
 
 
 async def test_notification_created_events_leave_through_the_outbox(
