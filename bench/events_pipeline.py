@@ -5,9 +5,13 @@ payloads, producers and effect:
 
 * **pipeline**: each event is committed by ``Outbox.add`` in its own transaction (as a request
   would); one ``OutboxRelay`` publishes it; one ``EventConsumer`` applies it (inbox row + effect row
-  in one transaction, then ack).
+  committed together, then ack).
 * **baseline**: each event is sent with ``js.publish`` (``Nats-Msg-Id`` set, no outbox); a plain
   pull-consumer loop inserts the same effect row (one transaction per message, then ack; no inbox).
+
+A third load, **drain**, puts every event in the stream first and then runs the consumer alone (the
+pipeline's ``EventConsumer`` against the plain loop): the capacity of one consumer. Each line also
+reports this process's CPU time per event, which other work on the machine hardly moves.
 
 Latency runs from the moment the event is safe on the producer's side (outbox commit returned, or
 publish acknowledged) to the moment the consumer's transaction holding the effect row has committed.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import secrets
 import statistics
 import time
@@ -86,6 +91,9 @@ class Timeline:
     started: dict[str, float] = field(default_factory=dict)
     applied: dict[str, float] = field(default_factory=dict)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
+    cpu_seconds: float = 0.0
+    """CPU time of this process (producers, relay, consumer) while the line ran: unlike events/s,
+    it hardly moves when other work shares the machine's cores."""
 
     def effects_committed(self, event_ids: list[str]) -> None:
         now = time.perf_counter()
@@ -129,6 +137,8 @@ class LineResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    cpu_us: float
+    """CPU of this process per event, in µs."""
 
 
 def summarise(load: str, name: str, timeline: Timeline) -> LineResult:
@@ -140,11 +150,12 @@ def summarise(load: str, name: str, timeline: Timeline) -> LineResult:
         load=load,
         name=name,
         events=len(latencies),
-        produced_per_second=len(latencies) / (last_start - first),
+        produced_per_second=len(latencies) / (last_start - first) if last_start > first else math.inf,
         throughput=len(latencies) / (max(timeline.applied.values()) - first),
         p50_ms=cuts[49],
         p99_ms=cuts[98],
         max_ms=latencies[-1],
+        cpu_us=timeline.cpu_seconds * 1e6 / len(latencies),
     )
 
 
@@ -189,8 +200,23 @@ class Bench:
 
         await asyncio.gather(*(producer() for _ in range(self.producers)))
 
-    async def run_pipeline(self, payloads: list[UserRegistered], rate: float | None = None) -> Timeline:
-        """Outbox commit → relay → JetStream → EventConsumer (inbox + effect)."""
+    def publish_directly(self, timeline: Timeline) -> Callable[[UserRegistered], Awaitable[None]]:
+        """Send an event as the relay would (same subject, body and Nats-Msg-Id), without the outbox."""
+
+        async def publish(payload: UserRegistered) -> None:
+            envelope = new_envelope(payload, source=SERVICE, sequence=1)
+            await self.js.publish(envelope.type, encode_event(envelope), headers={"Nats-Msg-Id": envelope.id})
+            timeline.started[envelope.id] = time.perf_counter()
+
+        return publish
+
+    async def run_pipeline(
+        self, payloads: list[UserRegistered], rate: float | None = None, *, drain: bool = False
+    ) -> Timeline:
+        """Outbox commit → relay → JetStream → EventConsumer (inbox + effect).
+
+        With ``drain``, the consumer alone: the stream holds every event before it starts.
+        """
         await self.reset()
         timeline = Timeline(expected=len(payloads))
         outbox = Outbox(TABLES, source=SERVICE)
@@ -225,19 +251,20 @@ class Bench:
             timeline.started[envelope.id] = time.perf_counter()
 
         await ensure_consumer(self.js, PIPELINE_SPEC)
-        await self._run_line(timeline, payloads, commit, rate, relay.run, consumer.run)
+        if drain:
+            await self._run_line(timeline, payloads, self.publish_directly(timeline), None, consumer.run, preload=True)
+        else:
+            await self._run_line(timeline, payloads, commit, rate, relay.run, consumer.run)
         return timeline
 
-    async def run_baseline(self, payloads: list[UserRegistered], rate: float | None = None) -> Timeline:
-        """js.publish → JetStream → plain pull consumer (effect only)."""
+    async def run_baseline(
+        self, payloads: list[UserRegistered], rate: float | None = None, *, drain: bool = False
+    ) -> Timeline:
+        """js.publish → JetStream → plain pull consumer (effect only); with ``drain``, that consumer alone."""
         await self.reset()
         timeline = Timeline(expected=len(payloads))
         sessions = self.consumer_sessions(timeline)
-
-        async def publish(payload: UserRegistered) -> None:
-            envelope = new_envelope(payload, source=SERVICE, sequence=1)
-            await self.js.publish(envelope.type, encode_event(envelope), headers={"Nats-Msg-Id": envelope.id})
-            timeline.started[envelope.id] = time.perf_counter()
+        publish = self.publish_directly(timeline)
 
         async def consume(stop: asyncio.Event) -> None:
             subscription = await self.js.pull_subscribe_bind(durable=BASELINE_SPEC.durable, stream=STREAM)
@@ -257,7 +284,7 @@ class Bench:
                 await subscription.unsubscribe()
 
         await ensure_consumer(self.js, BASELINE_SPEC)
-        await self._run_line(timeline, payloads, publish, rate, consume)
+        await self._run_line(timeline, payloads, publish, rate, consume, preload=drain)
         return timeline
 
     async def _run_line(
@@ -267,17 +294,27 @@ class Bench:
         send: Callable[[UserRegistered], Awaitable[None]],
         rate: float | None,
         *workers: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+        preload: bool = False,
     ) -> None:
+        if preload:
+            # Every event is in the stream before the workers start; the clock starts with them.
+            await self.produce(payloads, send, None)
+            begin = time.perf_counter()
+            timeline.started = dict.fromkeys(timeline.started, begin)
         stop = asyncio.Event()
+        cpu = time.process_time()
         tasks = [asyncio.create_task(worker(stop)) for worker in workers]
         try:
-            # Let the relay's LISTEN connection and the consumer's first fetch get in place, so the
-            # first events do not measure start-up.
-            await asyncio.sleep(0.3)
-            await self.produce(payloads, send, rate)
+            if not preload:
+                # Let the relay's LISTEN connection and the consumer's first fetch get in place, so
+                # the first events do not measure start-up.
+                await asyncio.sleep(0.3)
+                cpu = time.process_time()
+                await self.produce(payloads, send, rate)
             complete = asyncio.create_task(timeline.complete.wait())
             # A worker that dies would otherwise leave us waiting for effects that never come.
             await asyncio.wait([complete, *tasks], timeout=RUN_TIMEOUT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            timeline.cpu_seconds = time.process_time() - cpu
             complete.cancel()
         finally:
             stop.set()
@@ -331,17 +368,23 @@ async def benchmark(
             summarise(steady_load, "pipeline", await bench.run_pipeline(steady_payloads, rate)),
             summarise(steady_load, "baseline", await bench.run_baseline(steady_payloads, rate)),
         )
+        drain_load = f"drain {events}"
+        drain = (
+            summarise(drain_load, "pipeline", await bench.run_pipeline(payloads, drain=True)),
+            summarise(drain_load, "baseline", await bench.run_baseline(payloads, drain=True)),
+        )
     finally:
         await client.close()
         await producer_engine.dispose()
         await worker_engine.dispose()
     body_bytes = len(encode_event(new_envelope(payloads[0], source=SERVICE, sequence=1)))
-    report(burst, steady, events=events, producers=producers, body_bytes=body_bytes)
+    report(burst, steady, drain, events=events, producers=producers, body_bytes=body_bytes)
 
 
 def report(
     burst: tuple[LineResult, LineResult],
     steady: tuple[LineResult, LineResult],
+    drain: tuple[LineResult, LineResult],
     *,
     events: int,
     producers: int,
@@ -353,7 +396,7 @@ def report(
         f"  pipeline: Outbox.add -> 1 OutboxRelay (batch_size={RELAY_BATCH}, NOTIFY wake, poll {RELAY_POLL_SECONDS:g}s)"
     )
     print(
-        f"            -> JetStream -> 1 EventConsumer (batch_size={CONSUMER_BATCH}; inbox + effect, 1 tx/message, ack)"
+        f"            -> JetStream -> 1 EventConsumer (batch_size={CONSUMER_BATCH}; inbox + effect committed, then ack)"
     )
     print("  baseline: js.publish with Nats-Msg-Id")
     print(
@@ -362,19 +405,30 @@ def report(
     print("  latency: outbox commit returned (pipeline) / publish acknowledged (baseline) -> effect tx committed")
     print("  burst: all N offered at once, so events/s is capacity and latency is mostly queueing;")
     print("  steady: N/4 offered at a fixed rate, so latency is the hops themselves")
+    print("  drain: N already in the stream, then the consumer alone (no producers, no relay): one consumer's capacity")
+    print("  CPU µs: this process's CPU per event (producers, relay, consumer), steady even when other work shares")
+    print("          the cores; 1e6 / (CPU µs) is the events/s one free core would do")
     print("  one Python process and event loop for producers, relay and consumer (all on one thread)")
     print(f"  Postgres fsync off; no tracing SDK; each line warmed up with {WARMUP_EVENTS} events first")
     print()
-    print(f"  {'load':<16} {'line':<9} {'produced/s':>10} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for line in (*burst, *steady):
+    print(
+        f"  {'load':<16} {'line':<9} {'produced/s':>10} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+        f" {'CPU µs':>7}"
+    )
+    for line in (*burst, *steady, *drain):
         print(
             f"  {line.load:<16} {line.name:<9} {line.produced_per_second:>10.0f} {line.throughput:>9.0f}"
-            f" {line.p50_ms:>8.1f} {line.p99_ms:>8.1f} {line.max_ms:>8.1f}"
+            f" {line.p50_ms:>8.1f} {line.p99_ms:>8.1f} {line.max_ms:>8.1f} {line.cpu_us:>7.0f}"
         )
     print()
     print(
         f"  pipeline/baseline, {burst[0].load}: throughput x{burst[0].throughput / burst[1].throughput:.2f},"
-        f" p50 latency x{burst[0].p50_ms / burst[1].p50_ms:.2f}"
+        f" p50 latency x{burst[0].p50_ms / burst[1].p50_ms:.2f}, CPU per event x{burst[0].cpu_us / burst[1].cpu_us:.2f}"
+    )
+    print(
+        f"  pipeline/baseline, {drain[0].load}: throughput x{drain[0].throughput / drain[1].throughput:.2f},"
+        f" CPU per event x{drain[0].cpu_us / drain[1].cpu_us:.2f};"
+        f" one consumer: {drain[0].throughput:.0f} events/s, {1e6 / drain[0].cpu_us:.0f} per free core"
     )
     # At a fixed offered rate both lines keep up, so only the latencies can differ.
     print(
