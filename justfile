@@ -20,6 +20,16 @@ env service *args:
 demo:
     python scripts/demo.py
 
+# recent traces the local stack collected: root route, services, duration, errors (-n N for more)
+[no-exit-message]
+traces *args:
+    @python -m devtools.traces list {{args}}
+
+# one trace as a waterfall across services: `just trace last` or `just trace <id or prefix>`
+[no-exit-message]
+trace id="last":
+    @python -m devtools.traces show {{id}}
+
 # wipe the local stack's data (.data/); refused while `just up` runs on it
 [no-exit-message]
 reset:

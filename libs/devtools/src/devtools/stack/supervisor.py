@@ -40,6 +40,8 @@ from devtools.stack.servers import (
     process_group_members,
 )
 from devtools.stack.services import DEV_SERVICES, DevService, dev_service
+from devtools.traces.collector import TRACES_PATH
+from devtools.traces.store import store_path
 from shared.events.topology import SERVICE_NAMES
 
 if TYPE_CHECKING:
@@ -62,6 +64,8 @@ INFRASTRUCTURE_PORTS = {
     "postgres": (5544, "Postgres"),
     "nats": (4333, "NATS"),
     "nats_monitor": (8333, "NATS monitoring"),
+    # OTLP/HTTP's standard port: a bare `uv run orders api` beside `just up` finds it by default too.
+    "collector": (4318, "the trace collector (OTLP/HTTP)"),
 }
 """The servers' default ports and what they are, by port name; the services' come from ``DEV_SERVICES``."""
 
@@ -366,6 +370,26 @@ class DevStack:
         """Where a service that sends email (notify) writes each one as an ``.eml`` file."""
         return self.root / "mail"
 
+    @property
+    def collector_url(self) -> str:
+        """The local trace collector's base URL (OTLP/HTTP; spans go to ``/v1/traces``)."""
+        return f"http://127.0.0.1:{self.ports.collector}"
+
+    def own_otlp_endpoint(self) -> str:
+        """The person's own ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT``, or ``""``: then no local collector runs."""
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            if self.environ.get(name, "").strip():
+                return self.environ[name].strip()
+        return ""
+
+    def telemetry_env(self) -> dict[str, str]:
+        """Where every service process exports its spans: the local collector, unless the person set an endpoint.
+
+        Only the endpoint is set: the person's other ``OTEL_*`` variables (``OTEL_TRACES_EXPORTER=console``,
+        a sampler, ...) reach the processes as they are.
+        """
+        return {} if self.own_otlp_endpoint() else {"OTEL_EXPORTER_OTLP_ENDPOINT": self.collector_url}
+
     def api_url(self, service: str) -> str:
         """The loopback URL of a service's API."""
         return f"http://127.0.0.1:{self.ports.api(service)}"
@@ -459,7 +483,7 @@ class DevStack:
         """The environment of one service's processes: what Kubernetes would put in its ConfigMap and Secret."""
         prefix = f"{service.upper()}_"
         base = {key: value for key, value in self.environ.items() if not key.startswith(prefix)}
-        return base | self.own_variables(service, database_url)
+        return base | self.telemetry_env() | self.own_variables(service, database_url)
 
     def migration_env(self, urls: dict[str, str]) -> dict[str, str]:
         """The environment of the one process that migrates every service: each one's variables side by side."""
@@ -515,9 +539,20 @@ class DevStack:
         self.say(f"starting postgres on 127.0.0.1:{self.ports.postgres} and nats on 127.0.0.1:{self.ports.nats}")
         self.nats.launch()
         self.postgres.launch()
+        servers = {"postgres": self.postgres.poll_ready, "nats": self.nats.poll_ready}
+        if not self.own_otlp_endpoint():
+            listen, store = str(self.ports.collector), str(store_path(self.root))
+            collector = ServiceProcess(
+                "collector",
+                [sys.executable, "-m", "devtools.traces.collector", "--port", listen, "--store", store],
+                self.environ | {STACK_MARKER: str(self.root)},
+            )
+            collector.start(self.output)
+            self.processes.append(collector)
+            servers["collector"] = _answers_ready(collector, f"{self.collector_url}/health")
         import shared.db  # noqa: F401 - imported while the servers boot, used by _provision
 
-        if not self._wait({"postgres": self.postgres.poll_ready, "nats": self.nats.poll_ready}, stopping, 60.0):
+        if not self._wait(servers, stopping, 60.0):
             return False
         urls = asyncio.run(self._provision())
         bin_dir = Path(sys.executable).parent
@@ -612,7 +647,8 @@ class DevStack:
         self.say("stopping")
         # APIs first: they stop accepting and finish the requests in flight while the database
         # and NATS still run; then the workers; then NATS; Postgres last.
-        for role, timeout in (("migrate", 10.0), ("api", 25.0), ("worker", 15.0)):
+        # The collector after the workers: it receives the spans they flush as they stop.
+        for role, timeout in (("migrate", 10.0), ("api", 25.0), ("worker", 15.0), ("collector", 5.0)):
             group = [process for process in self.processes if process.role == role]
             for process in group:
                 process.request_stop()
@@ -718,6 +754,10 @@ class DevStack:
             ("nats", self.nats.url),
         ]
         rows += [row for service in self.services for row in dev_service(service).shown(self).items()]
+        if own := self.own_otlp_endpoint():
+            rows.append(("traces", f"exported to {own} (your OTEL_EXPORTER_OTLP_*ENDPOINT; no local collector)"))
+        else:
+            rows.append(("traces", f"{self.collector_url}{TRACES_PATH}: uv run just traces, uv run just trace last"))
         self.say(f"ready in {seconds:.1f}s")
         for name, url in rows:
             self.say(f"  {name:<15} {url}")
