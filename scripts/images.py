@@ -4,8 +4,9 @@
    from Debian bookworm packages (python3.11, venv, pip), with the mirrors of this machine's own
    apt configuration (never a written address). Kept as a tarball in the cache, keyed by a hash of
    its inputs, and imported into buildah's storage as ``localhost/relay-base:<key>``.
-2. Each ``services/<name>/Dockerfile`` built by buildah (vfs storage, chroot isolation) with
-   ``--build-arg BASE_IMAGE=localhost/relay-base:<key>``, tagged ``localhost/relay-shop/<name>:check``.
+2. Each service's image built by buildah (vfs storage, chroot isolation) from the one ``Dockerfile``
+   (``--build-arg SERVICE=<name> --target <name>``) with ``--build-arg BASE_IMAGE=localhost/relay-base:<key>``,
+   tagged ``localhost/relay-shop/<name>:check``.
 3. ``<cache>/images.json`` says what was built (storage options, image names, timings, sizes):
    the image check (``just images-check``, tests/images) reads it.
 
@@ -207,13 +208,17 @@ def build_images(services: tuple[str, ...] = SERVICES) -> dict[str, object]:
                 "--build-arg",
                 f"BASE_IMAGE={base}",
                 "--build-arg",
+                f"SERVICE={service}",
+                "--target",
+                service,
+                "--build-arg",
                 f"REVISION={commit}",
                 # buildah's layer cache does not key the Dockerfile's LABEL step on build-arg values: a
                 # build at a new commit reused the old revision label. A label given here is set at commit.
                 "--label",
                 f"org.opencontainers.image.revision={commit}",
                 "--file",
-                f"services/{service}/Dockerfile",
+                "Dockerfile",
                 "--tag",
                 name,
                 ".",

@@ -1,4 +1,9 @@
-"""Reading the services' Dockerfiles and the build context's .dockerignore, as Docker would."""
+"""Reading the services' one Dockerfile and the build context's .dockerignore, as Docker would.
+
+One file builds every service's image: ``--build-arg SERVICE=<name> --target <name>``. A service's
+view of it (``image_steps``) is the stages its target is built from, with the argument's value in
+place of ``${SERVICE}``, as Docker substitutes it.
+"""
 
 from __future__ import annotations
 
@@ -21,12 +26,11 @@ class Instruction:
     """The name of the stage it belongs to (``FROM ... AS <name>``)."""
 
 
-def dockerfile(service: str) -> Path:
-    """The Dockerfile of a service."""
-    return ROOT / "services" / service / "Dockerfile"
+DOCKERFILE = ROOT / "Dockerfile"
+"""The one Dockerfile of every service's image, at the root of the build context."""
 
 
-def instructions(path: Path) -> list[Instruction]:
+def instructions(path: Path = DOCKERFILE) -> list[Instruction]:
     """The instructions of a Dockerfile, without comments and blank lines."""
     found: list[Instruction] = []
     stage = ""
@@ -50,10 +54,41 @@ def instructions(path: Path) -> list[Instruction]:
     return found
 
 
-def environment(path: Path, stage: str) -> dict[str, str]:
-    """The ``ENV`` values a stage sets (``KEY=value`` form)."""
+def image_steps(service: str, path: Path = DOCKERFILE) -> list[Instruction]:
+    """The instructions that build ``service``'s image: its target stage and the stages it comes from.
+
+    ``${SERVICE}`` (the build argument) is replaced by ``service``, in every instruction.
+    """
+    steps = [
+        Instruction(step.keyword, step.arguments.replace("${SERVICE}", service), step.stage)
+        for step in instructions(path)
+    ]
+    stages = {step.stage for step in steps}
+    needed: set[str] = set()
+    pending = [service]
+    while pending:
+        stage = pending.pop()
+        if stage in needed:
+            continue
+        needed.add(stage)
+        for step in steps:
+            if step.stage != stage:
+                continue
+            if step.keyword == "FROM" and (parent := step.arguments.split()[0]) in stages:
+                pending.append(parent)
+            if step.keyword == "COPY":
+                pending += [
+                    word.removeprefix("--from=") for word in step.arguments.split() if word.startswith("--from=")
+                ]
+    assert service in stages, f"the Dockerfile has no stage {service!r}"
+    # The global arguments (before the first FROM) belong to every image.
+    return [step for step in steps if step.stage in needed or not step.stage]
+
+
+def environment(service: str, stage: str) -> dict[str, str]:
+    """The ``ENV`` values a stage of ``service``'s image sets (``KEY=value`` form)."""
     values: dict[str, str] = {}
-    for instruction in instructions(path):
+    for instruction in image_steps(service):
         if instruction.stage == stage and instruction.keyword == "ENV":
             for pair in shlex.split(instruction.arguments):
                 key, _, value = pair.partition("=")
@@ -61,19 +96,19 @@ def environment(path: Path, stage: str) -> dict[str, str]:
     return values
 
 
-def run_commands(path: Path, stage: str) -> list[str]:
-    """The shell commands of a stage's ``RUN`` instructions, without their ``--mount`` options."""
+def run_commands(service: str, stage: str) -> list[str]:
+    """The shell commands of a stage's ``RUN`` instructions for ``service``, without their ``--mount`` options."""
     commands = []
-    for instruction in instructions(path):
+    for instruction in image_steps(service):
         if instruction.stage == stage and instruction.keyword == "RUN":
             commands.append(re.sub(r"--mount=\S+\s*", "", instruction.arguments).strip())
     return commands
 
 
-def copies_from_context(path: Path, stage: str) -> list[tuple[list[str], str]]:
-    """The ``COPY`` instructions of a stage that read the build context: (sources, destination)."""
+def copies_from_context(service: str, stage: str) -> list[tuple[list[str], str]]:
+    """The ``COPY`` instructions of a stage of ``service``'s image that read the context: (sources, destination)."""
     found = []
-    for instruction in instructions(path):
+    for instruction in image_steps(service):
         if instruction.stage == stage and instruction.keyword == "COPY":
             words = shlex.split(instruction.arguments)
             if any(word.startswith("--from") for word in words):
@@ -139,7 +174,7 @@ def context_ignore() -> DockerIgnore:
 def copy_build_context(service: str, stage: str, workdir: Path) -> None:
     """Lay out in ``workdir`` what the stage's ``COPY`` instructions put in its WORKDIR."""
     ignore = context_ignore()
-    for sources, destination in copies_from_context(dockerfile(service), stage):
+    for sources, destination in copies_from_context(service, stage):
         for source in sources:
             origin = ROOT / source
             files = [origin] if origin.is_file() else sorted(p for p in origin.rglob("*") if p.is_file())

@@ -30,7 +30,7 @@ from devtools.stack.servers import free_port, stop_process
 from devtools.testing import TEST_ROLE_PASSWORD
 from shared.auth import AccessTokenSigner
 from shared.db import provision_service_role
-from tests.deploy.dockerfile import copy_build_context, dockerfile, environment, run_commands
+from tests.deploy.dockerfile import copy_build_context, environment, run_commands
 from tests.deploy.manifests import K8S, SERVICES, Manifest, generated, named, render
 
 if TYPE_CHECKING:
@@ -62,10 +62,10 @@ def _build_environment(service: str, root: Path) -> Path:
     workdir.mkdir(parents=True)
     copy_build_context(service, "build", workdir)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "UV_"))}
-    env |= environment(dockerfile(service), "build")
+    env |= environment(service, "build")
     env.pop("UV_COMPILE_BYTECODE", None)
     env |= {"UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": sys.executable}
-    for command in run_commands(dockerfile(service), "build"):
+    for command in run_commands(service, "build"):
         if command.startswith("pip install"):  # installs uv itself, which is already here
             continue
         # Shell form, as Docker runs RUN: /bin/sh -c.

@@ -19,6 +19,7 @@ from orders.settings import OrdersSettings
 from shared.auth import AccessTokenSigner
 from shared.settings import ServiceSettings
 from tests.deploy.custom_resources import CUSTOM_SCHEMAS
+from tests.deploy.dockerfile import image_steps
 from tests.deploy.manifests import (
     K8S,
     NAMESPACES,
@@ -280,8 +281,7 @@ def test_api_pods_get_more_grace_than_granian_needs_to_stop(docs: list[Manifest]
 
 def test_the_image_default_command_stops_within_the_same_kill_timeout(docs: list[Manifest]) -> None:
     for service in SERVICES:
-        dockerfile = (ROOT / "services" / service / "Dockerfile").read_text()
-        (cmd,) = re.findall(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
+        (cmd,) = [step.arguments for step in image_steps(service) if step.keyword == "CMD"]
         api = named(docs, "Deployment", f"{service}-api")["spec"]["template"]["spec"]["containers"][0]
         assert msgspec.json.decode(cmd) == api["args"]
 
