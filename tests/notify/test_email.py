@@ -32,6 +32,7 @@ from tests.notify.helpers import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -172,7 +173,29 @@ async def test_an_email_is_given_up_after_its_last_attempt(
     assert mail_server.messages == []
 
 
-async def test_an_email_still_queued_when_its_user_is_deactivated_is_cancelled(
+async def deactivate(
+    pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession], user: uuid.UUID
+) -> None:
+    await apply_directly(sessions, users_replica_handlers(pipeline), UserDeactivated(user_id=user), sequence=2)
+
+
+async def unsubscribe(
+    pipeline: NotificationPipeline, sessions: async_sessionmaker[AsyncSession], user: uuid.UUID
+) -> None:
+    async with sessions() as session:
+        await NotificationService(session=session, links=pipeline.links).unsubscribe(
+            pipeline.links.token(user, "welcome")
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [(deactivate, "recipient deactivated"), (unsubscribe, "email turned off by the recipient")],
+    ids=["deactivated", "unsubscribed"],
+)
+async def test_an_email_still_queued_when_its_user_is_deactivated_or_unsubscribes_is_cancelled(
+    change: Callable[[NotificationPipeline, async_sessionmaker[AsyncSession], uuid.UUID], Awaitable[None]],
+    reason: str,
     notify_settings: NotifySettings,
     pipeline: NotificationPipeline,
     sessions: async_sessionmaker[AsyncSession],
@@ -180,29 +203,11 @@ async def test_an_email_still_queued_when_its_user_is_deactivated_is_cancelled(
     mail_server: MailServer,
 ) -> None:
     user_id = await queue_welcome(pipeline, sessions)
-    await apply_directly(sessions, users_replica_handlers(pipeline), UserDeactivated(user_id=user_id), sequence=2)
+    await change(pipeline, sessions, user_id)
 
     assert await sender_for(notify_settings).run_once(sessions) == 1
     delivery = await delivery_of(engine, user_id)
-    assert (delivery.status, delivery.last_error) == (DeliveryStatus.CANCELLED, "recipient deactivated")
-    assert mail_server.messages == []
-
-
-async def test_an_email_still_queued_when_its_kind_is_unsubscribed_is_cancelled(
-    notify_settings: NotifySettings,
-    pipeline: NotificationPipeline,
-    sessions: async_sessionmaker[AsyncSession],
-    engine: AsyncEngine,
-    mail_server: MailServer,
-) -> None:
-    user_id = await queue_welcome(pipeline, sessions)
-    async with sessions() as session:
-        await NotificationService(session=session, links=pipeline.links).unsubscribe(
-            pipeline.links.token(user_id, "welcome")
-        )
-
-    assert await sender_for(notify_settings).run_once(sessions) == 1
-    assert (await delivery_of(engine, user_id)).status == DeliveryStatus.CANCELLED
+    assert (delivery.status, delivery.last_error) == (DeliveryStatus.CANCELLED, reason)
     assert mail_server.messages == []
 
 
