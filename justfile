@@ -30,6 +30,16 @@ traces *args:
 trace id="last":
     @python -m devtools.traces show {{id}}
 
+# the local stack's emails (to, subject, time, delivery status), newest first; `just mail 1` prints the newest (--raw: the .eml)
+[no-exit-message]
+mail *args:
+    @python -m devtools.stack.mail {{args}}
+
+# every service's outbox backlog, stream and consumers (pending, redelivered, dead-lettered) against the running stack
+[no-exit-message]
+events *args:
+    @python -m devtools.stack.events {{args}}
+
 # wipe the local stack's data (.data/); refused while `just up` runs on it
 [no-exit-message]
 reset:

@@ -234,7 +234,7 @@ def events_commands(
 
     @events.command()
     def status() -> None:
-        """Outbox backlog and the age of its oldest event."""
+        """Outbox backlog, and (with NATS) the stream's and each consumer's pending and dead letters."""
         chosen = plan(needs_nats=False)
 
         async def show() -> None:
@@ -247,6 +247,11 @@ def events_commands(
             finally:
                 await worker.engine.dispose()
             click.echo(f"outbox backlog: {current.backlog}, oldest: {current.oldest_age_seconds:.1f}s")
+            if not chosen.settings.nats_url.strip():
+                click.echo(f"stream and consumers: not shown, {variable_name(name, 'nats_url')} is not set")
+                return
+            for line in await _jetstream_lines(worker):
+                click.echo(line)
 
         _quiet_logging()
         asyncio.run(show())
@@ -335,6 +340,28 @@ async def _discard(name: str, worker: Worker, sequence: int | None, *, every: bo
         if not await letters.discard(number):
             raise CommandFailedError(name, f"no dead letter {number}")
         click.echo(f"{number}: discarded")
+
+
+async def _jetstream_lines(worker: Worker) -> list[str]:
+    """The service's stream and consumers, one line each, read with its own NATS user (nothing is created)."""
+    from shared.events.connection import connect_nats
+    from shared.events.permissions import inbox_prefix
+    from shared.events.status import jetstream_status
+
+    settings, service = worker.plan.settings, worker.plan.service
+    connection = await connect_nats(
+        worker.nats_servers(),
+        name=f"{service}-events-status",
+        user=settings.nats_user,
+        password=settings.nats_password,
+        inbox_prefix=inbox_prefix(service),
+        connect_timeout=settings.nats_connect_timeout_seconds,
+    )
+    try:
+        stream, consumers = await jetstream_status(connection.jetstream(), service)
+    finally:
+        await connection.close()
+    return [stream.line(), *(consumer.line() for consumer in consumers)]
 
 
 async def _probe_nats(settings: ServiceSettings, name: str) -> None:
