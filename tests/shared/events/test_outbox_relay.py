@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from devtools.testing import eventually
@@ -172,3 +172,42 @@ async def test_relay_survives_a_postgres_restart(
         await relay
         await engine.dispose()
     assert await stream_messages(jetstream) == 20
+
+
+async def test_a_committed_event_wakes_the_relay_at_once_and_a_rolled_back_one_never_leaves(
+    lab_sessions: async_sessionmaker[AsyncSession],
+    lab_outbox: Outbox,
+    lab_engine: AsyncEngine,
+    jetstream: JetStreamContext,
+) -> None:
+    # A poll far beyond the test's life: only the NOTIFY sent with the outbox row can wake the relay.
+    relay = OutboxRelay(engine=lab_engine, tables=TABLES, js=jetstream, service="users", poll_interval=3600.0)
+
+    async def listening() -> bool:
+        async with lab_engine.connect() as connection:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE query = :listen"
+            found = await connection.scalar(text(query), {"listen": f'LISTEN "{TABLES.notify_channel}"'})
+        return bool(found)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(listening, what="the relay's LISTEN connection")
+        await asyncio.sleep(0.2)  # its first wake-up (for events committed before it listened) is spent
+        async with lab_sessions() as session:
+            await lab_outbox.add(session, registered(1), sequence=1)
+            await session.rollback()
+        [event_id] = await add_events(lab_sessions, lab_outbox, 1)
+        await eventually(lambda: _published(jetstream, 1), what="the committed event published")
+    finally:
+        stop.set()
+        await task
+    message = await jetstream.get_msg("USERS", seq=1)
+    assert message.headers is not None
+    assert message.headers["Nats-Msg-Id"] == event_id
+    assert await stream_messages(jetstream) == 1
+    assert await unpublished(lab_engine) == 0
+
+
+async def _published(js: JetStreamContext, count: int) -> bool:
+    return await stream_messages(js) >= count

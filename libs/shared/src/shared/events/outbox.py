@@ -21,7 +21,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NoStreamResponseError
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.engine import make_url
 
 from shared.events.contracts import encode_event, new_envelope
@@ -66,10 +66,15 @@ class Outbox:
         self.tables = tables
         self.source = source
         outbox = tables.outbox
-        self._insert = outbox.insert().values(
-            id=bindparam("id"), subject=bindparam("subject"), body=bindparam("body"), headers=bindparam("headers")
+        # The row and the relay's wake-up in one statement (one round trip in the caller's request):
+        # Postgres delivers the NOTIFY at commit, and never for a rollback.
+        self._insert = (
+            outbox.insert()
+            .values(
+                id=bindparam("id"), subject=bindparam("subject"), body=bindparam("body"), headers=bindparam("headers")
+            )
+            .returning(func.pg_notify(tables.notify_channel, literal("")))
         )
-        self._notify = text("SELECT pg_notify(:channel, '')").bindparams(channel=tables.notify_channel)
 
     async def add(self, session: AsyncSession, payload: EventPayload, *, sequence: int) -> Envelope:
         """Add ``payload`` as an event of the current transaction; it leaves only if that commits.
@@ -89,7 +94,6 @@ class Outbox:
             self._insert,
             {"id": envelope.id, "subject": envelope.type, "body": encode_event(envelope), "headers": headers},
         )
-        await session.execute(self._notify)  # delivered by Postgres at commit, never for a rollback
         return envelope
 
 
