@@ -150,7 +150,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, stack_ports: StackPorts) -> 
         ports=stack_ports,
         # A person's own settings reach the services; one that would rewire the stack is ignored.
         extra_env={f"{service.upper()}_CORS_ALLOW_ORIGINS": CORS_ORIGIN for service in SERVICE_NAMES}
-        | {"ORDERS_DATABASE_URL": "postgresql+asyncpg://nobody:nothing@127.0.0.1:1/nowhere"},
+        | {"ORDERS_DATABASE_URL": "postgresql+asyncpg://nobody:nothing@127.0.0.1:1/nowhere"}
+        # The test plugin turns span export off for every test; this stack's spans go to its collector.
+        | {"OTEL_TRACES_EXPORTER": "otlp"},
     )
     running.start()
     yield running

@@ -7,6 +7,7 @@ die with it if it is killed. They run under a temporary directory that is remove
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +37,16 @@ __all__ = (
     "postgres_server",
     "private_key_pem",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test, nor any process a test starts, exports spans unless it asks to.
+
+    A developer's own ``OTEL_EXPORTER_OTLP_ENDPOINT`` would otherwise send every test's spans to
+    their collector (and a dead one would make every process retry). A test that wants spans (the
+    system test reading the local collector) sets ``OTEL_TRACES_EXPORTER`` itself.
+    """
+    os.environ["OTEL_TRACES_EXPORTER"] = "none"
 
 
 @pytest.fixture(scope="session")
