@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +17,12 @@ import pytest
 from sqlalchemy import NullPool, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from devtools.testing.transactions import (
+    assert_committed_after_reads,
+    assert_joins_callers_transaction,
+    assert_leaves_no_transaction,
+    public_calls,
+)
 from shared.auth import Principal
 from shared.errors import Conflict, Forbidden, NotFound, Unauthorized
 from shared.pagination import PageRequest
@@ -352,49 +357,35 @@ async def account(users_settings: UsersSettings, sessions: async_sessionmaker[As
     return dataclasses.replace(account, refresh_token=tokens.refresh_token)
 
 
+def _on(account: Account, call: Call) -> Callable[[AsyncSession], Awaitable[object]]:
+    return lambda session: call(session, account)
+
+
 def test_every_call_of_the_services_is_walked_here() -> None:
     """A new method must be added to READS or SERVICE_WRITES, so these tests cover it too."""
-    public = {
-        f"{service.__name__}.{name}"
-        for service in (UserService, SignInService)
-        for name, _ in inspect.getmembers(service, inspect.iscoroutinefunction)
-        if not name.startswith("_")
-    }
-    assert public == set(READS) | set(SERVICE_WRITES)
+    assert public_calls(UserService, SignInService) == set(READS) | set(SERVICE_WRITES)
 
 
 @pytest.mark.parametrize("name", sorted(READS | SERVICE_WRITES))
 async def test_a_call_leaves_no_transaction_open_behind_it(
     name: str, account: Account, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    async with sessions() as session:
-        await (READS | SERVICE_WRITES)[name](session, account)
-        assert not session.in_transaction()
+    await assert_leaves_no_transaction(sessions, _on(account, (READS | SERVICE_WRITES)[name]))
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE_WRITES))
 async def test_a_write_is_committed_when_it_returns_even_after_reads_on_the_same_session(
     name: str, account: Account, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    before = await account.stored()
-    async with sessions() as session:
-        for read_call in READS.values():  # SQLAlchemy begins a transaction at a read's first statement
-            await read_call(session, account)
-        await SERVICE_WRITES[name](session, account)
-        assert await account.stored() != before  # seen from another connection, this session still open
+    reads = [_on(account, read_call) for read_call in READS.values()]
+    await assert_committed_after_reads(sessions, _on(account, SERVICE_WRITES[name]), reads=reads, stored=account.stored)
 
 
 @pytest.mark.parametrize("name", sorted(SERVICE_WRITES))
 async def test_a_write_inside_the_callers_transaction_joins_it_and_goes_with_its_rollback(
     name: str, account: Account, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    before = await account.stored()
-    async with sessions() as session:
-        outer = await session.begin()
-        await SERVICE_WRITES[name](session, account)
-        assert session.in_transaction()  # the call committed nothing
-        await outer.rollback()
-    assert await account.stored() == before
+    await assert_joins_callers_transaction(sessions, _on(account, SERVICE_WRITES[name]), stored=account.stored)
 
 
 @pytest.mark.parametrize("name", sorted(REFUSALS))
