@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -71,6 +73,8 @@ class Lab:
         """The emails of each batch the consumer was handed, in order."""
         self.failing: dict[str, int] = {}
         """email -> how many more calls of its handler fail (after writing its effect)."""
+        self.swallowing: set[str] = set()
+        """emails whose handler swallows a database error (which leaves the transaction aborted)."""
         self.pushed: list[tuple[str, int]] = []
         """(email, its effect rows visible from outside) for every after-commit effect that ran."""
         self.consumer = RecordingConsumer(
@@ -92,6 +96,9 @@ class Lab:
                 self.pushed.append((event.email, await effect_rows(self.engine, event.email)))
 
             context.after_commit.append(push)
+            if event.email in self.swallowing:  # a handler that hides its own database error
+                with contextlib.suppress(DBAPIError):
+                    await context.session.execute(text("SELECT 1 / 0"))
             if self.failing.get(event.email, 0) > 0:
                 self.failing[event.email] -= 1
                 raise ConnectionError(f"{event.email}: the handler failed")
@@ -366,3 +373,26 @@ async def test_a_deadlock_met_inside_a_batch_is_retried_alone_at_once_not_handed
     assert calls[-1] == EMAILS[1]
     assert counter("retried") == retried
     assert await effects_per_email(lab_engine) == {EMAILS[0]: 1, EMAILS[1]: 1}
+
+
+async def test_a_handler_that_swallows_its_database_error_fails_alone_and_never_silently_loses_the_batch(
+    jetstream: JetStreamContext, lab_sessions: async_sessionmaker[AsyncSession], lab_engine: AsyncEngine
+) -> None:
+    # Postgres answers COMMIT in an aborted transaction with a silent ROLLBACK: without a check, the
+    # whole batch would be acked with nothing applied, or the next handler blamed for the abort.
+    lab = Lab(jetstream, lab_sessions, lab_engine)
+    hider = EMAILS[1]
+    lab.swallowing.add(hider)
+    ids = await publish(jetstream, *EMAILS)
+    dead_letters = DeadLetters(jetstream, service="eventlab")
+
+    async def settled() -> bool:
+        return len(await dead_letters.list()) == 1 and await drained(jetstream)
+
+    await lab.run_until(settled, "the hiding handler dead-lettered")
+
+    assert lab.batches[0] == set(EMAILS)
+    assert await effects_per_email(lab_engine) == {email: 1 for email in EMAILS if email != hider}
+    [letter] = await dead_letters.list()
+    assert letter.event_id == ids[1]
+    assert "aborted" in letter.error

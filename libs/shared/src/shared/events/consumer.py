@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import any_, bindparam, delete, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 
-from shared.db import transient_sqlstate
+from shared.db import is_database_unavailable, transient_sqlstate
 from shared.events.contracts import DecodedEvent, EventPayload, UndecodableEventError, decode_event
 from shared.events.metrics import (
     CONSUMER_DEAD_LETTERED,
@@ -189,6 +189,7 @@ class EventConsumer:
             .on_conflict_do_nothing()
             .returning(inbox.c.event_id)
         )
+        self._alive = select(literal(1))
         # A message whose handler failed leaves the batch: its inbox row must not commit either.
         self._forget = delete(inbox).where(
             inbox.c.consumer == spec.durable,
@@ -307,13 +308,20 @@ class EventConsumer:
             await self._run_batch(deliveries, failed, savepoints=False)
             return
         except _HandlerFailedError as failure:
-            failed[failure.delivery.event_id] = failure.error
             for delivery in deliveries:
                 delivery.forget_attempt()
-            failure.delivery.fail(failure.error)
+            if failure.delivery is not None:
+                failed[failure.delivery.event_id] = failure.error
+                failure.delivery.fail(failure.error)
         except Exception as error:  # noqa: BLE001 - the commit failed or its outcome is unknown
-            self._fail_batch(deliveries, error)
-            return
+            if is_database_unavailable(error):
+                self._fail_batch(deliveries, error)
+                return
+            # Not the connection: a handler left the transaction unable to commit (it swallowed a
+            # database error, or broke a deferred constraint). The savepoints will show which.
+            log.info("batch could not commit; isolating its handlers", consumer=self.spec.durable, error=repr(error))
+            for delivery in deliveries:
+                delivery.forget_attempt()
         if all(delivery.error is not None for delivery in deliveries):
             return
         try:
@@ -353,11 +361,17 @@ class EventConsumer:
                     if error is None:
                         continue
                     if not savepoints:
-                        raise _HandlerFailedError(delivery, error)
+                        # A transaction aborted by an earlier handler that swallowed its own error
+                        # fails every later statement: then the one that failed here is not to blame.
+                        blamed = None if _sqlstate(error) == _IN_FAILED_TRANSACTION else delivery
+                        raise _HandlerFailedError(blamed, error)
                     failed[event_id] = error
                     newly_failed.append(event_id)
             if newly_failed:  # their inbox rows were inserted before their savepoints: take them out
                 await session.execute(self._forget, {"event_ids": newly_failed})
+            # Postgres answers COMMIT in an aborted transaction with a silent ROLLBACK, and the acks
+            # would follow: one statement proves the transaction can still commit.
+            await session.execute(self._alive)
 
     async def _record_all(self, session: AsyncSession, deliveries: list[_Delivery]) -> set[uuid.UUID]:
         """Insert the batch's inbox rows; the ids inserted (the others were applied before)."""
@@ -381,6 +395,10 @@ class EventConsumer:
                 if savepoint:
                     async with session.begin_nested():
                         await delivery.handler(delivery.decoded.payload, context)
+                        # A handler that swallowed a database error left its savepoint aborted: this
+                        # fails inside the block, which rolls back to the savepoint (a RELEASE would
+                        # fail instead and leave the whole transaction aborted).
+                        await session.execute(self._alive)
                 else:
                     await delivery.handler(delivery.decoded.payload, context)
             except Exception as error:  # noqa: BLE001 - any handler failure is retried or dead-lettered
@@ -534,12 +552,31 @@ class _Delivery:
 
 
 class _HandlerFailedError(Exception):
-    """A handler failed in a pass without savepoints: the pass must be rolled back whole."""
+    """A handler failed in a pass without savepoints: the pass must be rolled back whole.
 
-    def __init__(self, delivery: _Delivery, error: Exception) -> None:
+    ``delivery`` is the one to blame, or None when the failure shows another handler's doing.
+    """
+
+    def __init__(self, delivery: _Delivery | None, error: Exception) -> None:
         super().__init__(repr(error))
         self.delivery = delivery
         self.error = error
+
+
+_IN_FAILED_TRANSACTION = "25P02"  # "current transaction is aborted, commands ignored until end of block"
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The first SQLSTATE in ``error``'s chain of causes, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if state:
+            return str(state)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def _unsubscribe(subscription: Any) -> None:
