@@ -238,8 +238,9 @@ class EventConsumer:
         """Apply fetched messages in one transaction, each exactly once, and settle each with the server.
 
         Every message is acked only after the commit that holds its effect; a message whose handler
-        failed is rolled back to its savepoint and handed back (or dead-lettered) while the others
-        commit; a message already in the inbox is acked and skipped.
+        failed is rolled back alone and handed back (or dead-lettered) while the others commit; a
+        message already in the inbox is acked and skipped. With ``own_transactions`` handlers, each
+        message is a transaction of its own.
 
         Returns:
             Each message's outcome, in the order given (a handed-back message counts as ignored).
