@@ -4,7 +4,6 @@ caller already holds, it joins that transaction and commits nothing of its own."
 
 from __future__ import annotations
 
-import inspect
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import select
 
+from devtools.testing.transactions import (
+    assert_committed_after_reads,
+    assert_joins_callers_transaction,
+    assert_leaves_no_transaction,
+    public_calls,
+)
 from notify.events import order_notification_handlers
 from notify.models import Notification, Preference
 from notify.schemas import ChannelChoice, Preferences
@@ -96,46 +101,34 @@ def write(request: pytest.FixtureRequest) -> Call:
     return WRITES[request.param]
 
 
+def on(reader: Reader, call: Call) -> Callable[[AsyncSession], Awaitable[Any]]:
+    """``call`` as the kit runs it: on the session it is given."""
+    return lambda session: call(reader.service(session), reader)
+
+
 def test_every_call_of_the_service_is_walked_here() -> None:
     """A new method must be added to READS or WRITES, so these tests cover it too."""
-    public = {
-        name
-        for name, member in inspect.getmembers(NotificationService, inspect.iscoroutinefunction)
-        if not name.startswith("_")
-    }
-    assert public == set(READS) | set(WRITES)
+    assert public_calls(NotificationService) == {f"NotificationService.{name}" for name in READS | WRITES}
 
 
 @pytest.mark.parametrize("name", sorted(READS | WRITES))
 async def test_a_call_leaves_no_transaction_open_behind_it(
     name: str, reader: Reader, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    async with sessions() as session:
-        await (READS | WRITES)[name](reader.service(session), reader)
-        assert not session.in_transaction()
+    await assert_leaves_no_transaction(sessions, on(reader, (READS | WRITES)[name]))
 
 
 async def test_a_write_is_committed_when_it_returns_even_after_reads_on_the_same_session(
     write: Call, reader: Reader, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    before = await reader.stored()
-    async with sessions() as session:
-        for read in READS.values():  # SQLAlchemy begins a transaction at a read's first statement
-            await read(reader.service(session), reader)
-        await write(reader.service(session), reader)
-        assert await reader.stored() != before  # seen from another connection, this session still open
+    reads = [on(reader, read) for read in READS.values()]
+    await assert_committed_after_reads(sessions, on(reader, write), reads=reads, stored=reader.stored)
 
 
 async def test_a_write_inside_the_callers_transaction_joins_it_and_goes_with_its_rollback(
     write: Call, reader: Reader, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    before = await reader.stored()
-    async with sessions() as session:
-        outer = await session.begin()  # what a consumer holds around its handlers
-        await write(reader.service(session), reader)
-        assert session.in_transaction()  # the call committed nothing
-        await outer.rollback()
-    assert await reader.stored() == before
+    await assert_joins_callers_transaction(sessions, on(reader, write), stored=reader.stored)
 
 
 async def test_a_failed_write_leaves_nothing_open_and_the_next_call_still_commits(
