@@ -460,11 +460,13 @@ def test_up_serves_every_service_restarts_what_dies_and_ctrl_c_lets_requests_in_
         stack.stdout.close()
     assert exit_code == 0, "".join(lines[-40:])
     assert not {pid for pid in children if os.path.exists(f"/proc/{pid}")}
-    # stopped in order: the APIs (still with a database behind them), the workers, NATS, Postgres
+    # stopped in order: the APIs (still with a database behind them), the workers, the trace
+    # collector (it receives the spans they flush as they stop), NATS, Postgres
     stopped = [line.split("stopped ", 1)[1].strip() for line in lines if "| stopped " in line]
     assert stopped == [
         *(f"{s}-api" for s in services),
         *(f"{s}-worker" for s in services),
+        "collector",
         "nats",
         "postgres",
     ], "".join(lines[-40:])

@@ -72,6 +72,11 @@ async def test_one_order_is_one_trace_from_the_request_through_the_relay_to_noti
     assert server.start_ns <= producer.start_ns <= consumer.start_ns
     assert all(span.status != "ERROR" for span in spans)
 
+    # The request's access-log line in the `just up` console carries the same trace id.
+    access = [line for line in stack.log if line.lstrip().startswith("orders-api |") and "POST /orders 201 " in line]
+    assert [line for line in access if f"trace_id={trace_id}" in line], access[-5:]
+    assert [line for line in access if f"user_id={customer.id}" in line], access[-5:]
+
     # `just trace <id>` draws the same three spans, each under its parent, with the message id.
     drawn = io.StringIO()
     assert traces_main(["show", trace_id[:12], "--data", str(stack.data)], out=drawn) == 0

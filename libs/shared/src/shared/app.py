@@ -27,7 +27,7 @@ from shared.openapi import StrictStructSchemaPlugin, allow_every_method, documen
 from shared.pagination import provide_page_request
 from shared.settings import SettingsError, variable_name
 from shared.strict_json import refuse_loose_json
-from shared.telemetry import RouteSpanNameMiddleware, configure_logging, configure_tracing
+from shared.telemetry import AccessLogMiddleware, RouteSpanNameMiddleware, configure_logging, configure_tracing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -237,6 +237,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         ],
         middleware=[
             RouteSpanNameMiddleware(),
+            AccessLogMiddleware(exclude=_UNAUTHENTICATED_PATHS),
             prometheus.middleware,
             # Before authentication: hostile input is refused without verifying a token first.
             InputBoundaryMiddleware(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from opentelemetry.sdk.trace.export import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from litestar.types import ASGIApp, Receive, Scope, Send
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.sampling import Sampler
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DEFAULT_OTLP_ENDPOINT",
+    "AccessLogMiddleware",
     "RouteSpanNameMiddleware",
     "TracingPlan",
     "add_trace_ids",
@@ -282,6 +284,53 @@ class RouteSpanNameMiddleware(ASGIMiddleware):
             span.update_name(f"{scope.get('method', 'GET')} {template}")
             span.set_attribute("http.route", template)
         await next_app(scope, receive, send)
+
+
+access_log = structlog.get_logger("access")
+
+
+class AccessLogMiddleware(ASGIMiddleware):
+    """One log line per request, which leads to the request's trace.
+
+    It names the method, route template, status, duration and user id; ``add_trace_ids`` adds the
+    trace id of the request's server span. Placed inside the OpenTelemetry middleware (the server
+    span is current) and outside authentication (the caller is in ``scope["user"]`` once answered).
+    """
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, exclude: tuple[str, ...] = ()) -> None:
+        self.exclude = exclude
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        """Time the request, remember its status, then write its line."""
+        if scope["path"].startswith(self.exclude):
+            await next_app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers when the app fails before starting a response
+
+        async def remember_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await next_app(scope, receive, remember_status)
+        finally:
+            method = scope.get("method", "GET")
+            route = scope.get("path_template") or scope["path"]
+            duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            user = scope.get("user")
+            access_log.info(
+                f"{method} {route} {status} {duration_ms}ms",
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=duration_ms,
+                user_id=str(user_id) if (user_id := getattr(user, "id", None)) is not None else None,
+            )
 
 
 def add_trace_ids(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
