@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
+import asyncpg
 import asyncpg.exceptions
 import sqlalchemy.exc
 from advanced_alchemy.base import create_registry
@@ -41,6 +42,7 @@ __all__ = (
     "TRANSIENT_SQLSTATES",
     "contains_pattern",
     "database_failure_reason",
+    "driver_connection",
     "is_database_unavailable",
     "unit_of_work",
     "VERSION_TABLE",
@@ -117,6 +119,36 @@ def is_database_unavailable(error: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+@asynccontextmanager
+async def driver_connection(session: AsyncSession) -> AsyncIterator[asyncpg.Connection]:
+    """The session's own asyncpg connection, for prebuilt SQL on a hot read path.
+
+    A statement sent here skips SQLAlchemy's statement, parameter and result machinery: asyncpg
+    prepares it once per connection (its statement cache) and only binds and runs it afterwards.
+    Outside a transaction nothing is begun (SQLAlchemy's asyncpg adapter sends BEGIN with its first
+    statement, not before), so a read is one round trip instead of BEGIN, SELECT and ROLLBACK, and
+    the session is left without a transaction, as it was found. Inside the caller's transaction the
+    statements run on its connection and see what it wrote.
+
+    Only for reads: a statement that writes or locks rows belongs in the session, inside
+    ``unit_of_work`` (here it could run outside any transaction). Pending ORM changes are not
+    flushed first. A connection found dead (Postgres restarted) is invalidated, so the pool
+    replaces it instead of handing it to the next request.
+    """
+    began = not session.in_transaction()
+    connection = await session.connection()
+    try:
+        raw = await connection.get_raw_connection()
+        yield cast("asyncpg.Connection", raw.driver_connection)
+    except BaseException as error:
+        if is_database_unavailable(error):
+            await connection.invalidate()
+        raise
+    finally:
+        if began:
+            await session.rollback()  # closes SQLAlchemy's transaction; nothing began in Postgres
 
 
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})

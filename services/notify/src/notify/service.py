@@ -28,7 +28,7 @@ from notify.schemas import (
 )
 from notify.templates import KIND_LABELS, unsubscribe_page
 from shared.addresses import printable_name
-from shared.db import unit_of_work
+from shared.db import driver_connection, unit_of_work
 from shared.errors import NotFound
 from shared.events.contracts import NotificationCreated
 from shared.events.replicas import upsert_if_newer
@@ -66,15 +66,22 @@ _COLUMNS = (
 )
 _OWNER = Notification.user_id == bindparam("user_id")
 _UNREAD = Notification.read_at.is_(None)
-_PAGE = (
-    select(*_COLUMNS)
-    .where(_OWNER)
-    .order_by(Notification.id.desc())
-    .limit(bindparam("limit"))
-    .offset(bindparam("offset"))
+# GET /notifications in one statement for the session's asyncpg connection (shared.db.driver_connection):
+# the counts, and the page joined to them (no page rows: one row of counts with NULLs). One round
+# trip instead of BEGIN, two SELECTs and COMMIT, and no statement building per request.
+_PAGE_WITH_COUNTS_SQL = (
+    "WITH counts AS (SELECT count(*) AS total, count(*) FILTER (WHERE read_at IS NULL) AS unread"
+    f" FROM {SCHEMA}.notification WHERE user_id = $1)"
+    " SELECT counts.total, counts.unread, page.id, page.kind, page.title, page.body, page.created_at, page.read_at"
+    " FROM counts LEFT JOIN LATERAL (SELECT id, kind, title, body, created_at, read_at"
+    f" FROM {SCHEMA}.notification WHERE user_id = $1{{unread}} ORDER BY id DESC LIMIT $2 OFFSET $3) AS page ON true"
+    " ORDER BY page.id DESC"
 )
-_UNREAD_PAGE = _PAGE.where(_UNREAD)
-_COUNTS = select(func.count(), func.count().filter(_UNREAD)).where(_OWNER)
+_PAGE_SQL = {
+    False: _PAGE_WITH_COUNTS_SQL.format(unread=""),
+    True: _PAGE_WITH_COUNTS_SQL.format(unread=" AND read_at IS NULL"),
+}
+"""By ``unread_only``."""
 _AFTER = (
     select(*_COLUMNS)
     .where(_OWNER, Notification.id > bindparam("after"))
@@ -254,13 +261,21 @@ class NotificationService:
 
     async def page(self, user_id: uuid.UUID, *, unread_only: bool, request: PageRequest) -> NotificationPage:
         """A page of the user's notifications, newest first, with the unread count."""
-        query = _UNREAD_PAGE if unread_only else _PAGE
-        async with unit_of_work(self.session):
-            rows = await self.session.execute(
-                query, {"user_id": user_id, "limit": request.limit, "offset": request.offset}
+        async with driver_connection(self.session) as connection:
+            rows = await connection.fetch(_PAGE_SQL[unread_only], user_id, request.limit, request.offset)
+        total, unread = rows[0]["total"], rows[0]["unread"]
+        items = [
+            NotificationOut(
+                id=row["id"],
+                kind=row["kind"],
+                title=row["title"],
+                body=row["body"],
+                created_at=row["created_at"],
+                read_at=row["read_at"],
             )
-            items = [_notification(row) for row in rows]
-            total, unread = (await self.session.execute(_COUNTS, {"user_id": user_id})).one()
+            for row in rows
+            if row["id"] is not None
+        ]
         return NotificationPage.of(items, total=unread if unread_only else total, request=request, unread=unread)
 
     async def mark_read(self, user_id: uuid.UUID, notification_id: uuid.UUID) -> NotificationOut:

@@ -19,11 +19,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from orders.models import KNOWN_USERS, LINES, ORDERS, PRODUCTS, IdempotencyKey, KnownUser, Order, Product
+from orders.models import KNOWN_USERS, LINES, ORDERS, PRODUCTS, SCHEMA, IdempotencyKey, KnownUser, Order, Product
 from orders.schemas import OrderLineOut, OrderOut, OrderPage, ProductOut, ProductPage
 from orders.stock import PRODUCT_COLUMNS, lock_stock, return_stock
 from orders.transactions import retry_transient
-from shared.db import contains_pattern, unit_of_work
+from shared.db import contains_pattern, driver_connection, unit_of_work
 from shared.errors import Conflict, Forbidden, NotFound, Unprocessable
 from shared.events.contracts import (
     EventPayload,
@@ -86,13 +86,24 @@ LINE_COLUMNS = (
 # The reads every order request makes, built once over the tables rather than the mapped classes:
 # executing ORM attributes sends even column selects through the ORM's machinery, which halved
 # the throughput of GET /orders/{id} (bench/order_reads.py).
-ORDER_BY_ID = select(*ORDER_COLUMNS).where(ORDERS.c.id == bindparam("order_id"))
 LINES_OF_ORDERS = (
     select(*LINE_COLUMNS)
     .where(LINES.c.order_id.in_(bindparam("order_ids", expanding=True)))
     .order_by(LINES.c.order_id, LINES.c.product_id)
 )
 INSERT_ORDER = insert(ORDERS).returning(*ORDER_COLUMNS)
+# The two public reads every client repeats, as plain SQL for the session's asyncpg connection
+# (shared.db.driver_connection): one round trip each, no BEGIN/ROLLBACK, no statement building.
+# An order and its lines come in one statement: the order's columns repeat on each line's row.
+PRODUCT_BY_ID_SQL = (
+    f"SELECT {', '.join(column.name for column in PRODUCT_COLUMNS)} FROM {SCHEMA}.{PRODUCTS.name} WHERE id = $1"
+)
+ORDER_WITH_LINES_SQL = (
+    f"SELECT {', '.join(f'o.{column.name}' for column in ORDER_COLUMNS)},"
+    " l.product_id, l.sku, l.name, l.unit_price, l.quantity"
+    f" FROM {SCHEMA}.{ORDERS.name} AS o LEFT JOIN {SCHEMA}.{LINES.name} AS l ON l.order_id = o.id"
+    " WHERE o.id = $1 ORDER BY l.product_id"
+)
 _json = msgspec.json.Encoder()
 
 
@@ -102,6 +113,16 @@ class PricedLine(NamedTuple):
     Built once per line (:func:`_price`): the stored row, the answer's line and the line of
     ``orders.order.placed`` are all made from it. Its fields are ``order_line`` columns.
     """
+
+    product_id: uuid.UUID
+    sku: str
+    name: str
+    unit_price: int
+    quantity: int
+
+
+class _StoredLine(NamedTuple):
+    """An order line read back: the last columns of :data:`ORDER_WITH_LINES_SQL`, in order."""
 
     product_id: uuid.UUID
     sku: str
@@ -194,10 +215,11 @@ class CatalogService:
         Raises:
             NotFound: No such product (or not for this caller).
         """
-        row = (await self.session.execute(select(*PRODUCT_COLUMNS).where(Product.id == product_id))).one_or_none()
-        if row is None or (not row.is_active and not include_inactive):
+        async with driver_connection(self.session) as connection:
+            row = await connection.fetchrow(PRODUCT_BY_ID_SQL, product_id)
+        if row is None or (not row["is_active"] and not include_inactive):
             raise NotFound("No such product.")
-        return ProductOut(**row._asdict())
+        return ProductOut(**row)
 
     async def list_products(self, *, search: str | None, active: bool | None, request: PageRequest) -> ProductPage:
         """Products by name, optionally matching ``search`` in name or SKU and filtered by ``active``."""
@@ -355,9 +377,25 @@ class OrderService:
         Raises:
             NotFound: No such order, or it belongs to someone else (ids don't leak).
         """
-        row = _visible(user, (await self.session.execute(ORDER_BY_ID, {"order_id": order_id})).one_or_none())
-        lines = await self._lines([row.id])
-        return OrderOut(**row._asdict(), lines=lines[row.id])
+        async with driver_connection(self.session) as connection:
+            rows = await connection.fetch(ORDER_WITH_LINES_SQL, order_id)
+        if not rows:
+            raise NotFound("No such order.")
+        head = rows[0]
+        return _visible(
+            user,
+            OrderOut(
+                id=head["id"],
+                user_id=head["user_id"],
+                status=head["status"],
+                lines=[_line_out(_StoredLine(*row[-5:])) for row in rows if row["product_id"] is not None],
+                total=head["total"],
+                currency=head["currency"],
+                cancel_reason=head["cancel_reason"],
+                created_at=head["created_at"],
+                updated_at=head["updated_at"],
+            ),
+        )
 
     async def list_orders(
         self,
@@ -585,7 +623,7 @@ def _price(products: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) 
     ]
 
 
-def _line_out(line: PricedLine | Row[*tuple[Any, ...]]) -> OrderLineOut:
+def _line_out(line: PricedLine | _StoredLine | Row[*tuple[Any, ...]]) -> OrderLineOut:
     """A line as answered: a line being placed, or one read back (the same fields, stored)."""
     return OrderLineOut(
         product_id=line.product_id,

@@ -1,0 +1,84 @@
+"""shared.db.driver_connection: prebuilt reads on the session's own asyncpg connection.
+
+Outside a transaction it begins none (one round trip per read) and leaves the session as it found
+it; inside the caller's transaction it sees the caller's writes; a connection found dead is thrown
+out of the pool, so the next read gets a live one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from devtools.testing import prepare_service_database
+from orders.app import DATABASE
+from shared.db import driver_connection, is_database_unavailable, unit_of_work
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from devtools.stack.servers import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def database_url(postgres_server: PostgresServer) -> str:
+    return prepare_service_database(postgres_server, DATABASE)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    # one pooled connection: every session below gets the same one back, unless it was thrown out
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_read_outside_a_transaction_begins_none_and_leaves_none(engine: AsyncEngine) -> None:
+    async with AsyncSession(engine) as session:
+        async with driver_connection(session) as connection:
+            assert await connection.fetchval("SELECT 41 + $1::int", 1) == 42
+            assert not connection.is_in_transaction()  # no BEGIN was sent for the read
+        assert not session.in_transaction()
+        # the session still works the ordinary way afterwards, and commits its own write
+        async with unit_of_work(session):
+            await session.execute(text("CREATE TEMPORARY TABLE seen (n int)"))
+            async with driver_connection(session) as connection:
+                assert connection.is_in_transaction()
+
+
+async def test_a_read_inside_the_callers_transaction_sees_its_uncommitted_writes(engine: AsyncEngine) -> None:
+    async with AsyncSession(engine) as session:
+        async with unit_of_work(session):
+            await session.execute(text("CREATE TEMPORARY TABLE note (n int) ON COMMIT DROP"))
+            await session.execute(text("INSERT INTO note VALUES (7)"))
+            async with driver_connection(session) as connection:
+                assert await connection.fetchval("SELECT n FROM note") == 7
+            assert session.in_transaction()  # the caller's transaction goes on
+        assert not session.in_transaction()
+
+
+async def test_a_dead_connection_is_thrown_out_of_the_pool(engine: AsyncEngine) -> None:
+    async with AsyncSession(engine) as session, driver_connection(session) as connection:
+        backend = await connection.fetchval("SELECT pg_backend_pid()")
+    async with AsyncSession(engine) as admin, driver_connection(admin) as connection:
+        # the pool's one connection is this same backend: kill it from a separate one
+        other = await connection.fetchval("SELECT pg_backend_pid()")
+        assert other == backend
+    terminator = create_async_engine(engine.url, poolclass=NullPool)
+    async with terminator.connect() as killer:
+        await killer.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    await terminator.dispose()
+
+    async with AsyncSession(engine) as session:
+        with pytest.raises(Exception) as failure:  # noqa: PT011 - the driver's class varies; checked below
+            async with driver_connection(session) as connection:
+                await connection.fetchval("SELECT 1")
+        assert is_database_unavailable(failure.value)
+    async with AsyncSession(engine) as session, driver_connection(session) as connection:
+        assert await connection.fetchval("SELECT pg_backend_pid()") != backend
