@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -20,7 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devtools.stack.servers import free_port
-from devtools.stack.supervisor import DevStack, StackPorts
+from devtools.stack.supervisor import DevStack, ServiceProcess, StackPorts
 from devtools.traces.collector import CollectorServer
 from devtools.traces.store import SpanStore, store_path
 from devtools.traces.view import main as traces_main
@@ -219,3 +221,35 @@ def test_up_keeps_the_persons_own_endpoint(tmp_path: Path, variable: str) -> Non
     assert env[variable] == "http://collector.example:4318"
     assert tracing_plan("orders", env).otlp_endpoint is not None
     assert "collector.example" in str(tracing_plan("orders", env).otlp_endpoint)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("output", "coloured"), [(_Terminal(), True), (io.StringIO(), False)])
+def test_console_prefixes_are_coloured_by_service_only_in_a_terminal(
+    output: io.StringIO, coloured: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    lines = {}
+    for name in ("users-api", "orders-worker", "orders-api"):
+        process = ServiceProcess(name, [sys.executable, "-c", "print('hello')"], dict(os.environ))
+        before = output.tell()
+        process.start(output)
+        assert process.process is not None
+        process.process.wait(30)
+        for thread in threading.enumerate():  # the copying thread ends at the child's end of output
+            if thread.name == f"log-{name}":
+                thread.join(30)
+        assert process.process.stdout is not None
+        process.process.stdout.close()
+        lines[name] = output.getvalue()[before:]
+    assert lines["users-api"].endswith("users-api" + ("\033[0m" if coloured else "") + " | hello\n")
+    if coloured:
+        colour = {name: line.split("m", 1)[0] for name, line in lines.items()}
+        assert all(code.startswith("\033[") for code in colour.values()), lines
+        assert colour["orders-api"] == colour["orders-worker"] != colour["users-api"]
+    else:
+        assert "\033[" not in output.getvalue()

@@ -310,6 +310,9 @@ class ServiceProcess:
         stream = self.process.stdout
         assert stream is not None  # noqa: S101 - stdout=PIPE above
         prefix = f"{self.name:>14} | "
+        if _is_terminal(output):
+            # In a terminal, each service's lines are told apart at a glance by the colour of their name.
+            prefix = f"{_colour_of(self.name.split('-')[0])}{self.name:>14}\033[0m | "
 
         def copy() -> None:
             for line in iter(stream.readline, b""):
@@ -763,6 +766,20 @@ class DevStack:
             self.say(f"  {name:<15} {url}")
         self.say('one service\'s settings for its CLI: eval "$(uv run just env <service>)"')
         self.say("Ctrl-C stops everything")
+
+
+_PREFIX_COLOURS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m")
+
+
+def _colour_of(name: str) -> str:
+    """One colour per service (in their declared order), another for the servers and the collector."""
+    if name in SERVICE_NAMES:
+        return _PREFIX_COLOURS[SERVICE_NAMES.index(name) % len(_PREFIX_COLOURS)]
+    return "\033[2m"  # dim: postgres, nats, the collector, the migration
+
+
+def _is_terminal(output: IO[str]) -> bool:
+    return bool(getattr(output, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
 
 
 def _finished(process: ServiceProcess) -> Callable[[], bool]:
