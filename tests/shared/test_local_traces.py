@@ -26,6 +26,7 @@ from devtools.stack.supervisor import DevStack, ServiceProcess, StackPorts
 from devtools.traces.collector import CollectorServer
 from devtools.traces.store import SpanStore, store_path
 from devtools.traces.view import main as traces_main
+from shared.settings import ServiceSettings, load_settings
 from shared.telemetry import build_tracer_provider, tracing_plan
 
 if TYPE_CHECKING:
@@ -253,3 +254,17 @@ def test_console_prefixes_are_coloured_by_service_only_in_a_terminal(
         assert colour["orders-api"] == colour["orders-worker"] != colour["users-api"]
     else:
         assert "\033[" not in output.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("quiet", "mine", "expected"),
+    [(False, {}, None), (True, {}, "false"), (True, {"ORDERS_ACCESS_LOG": "true"}, "true")],
+)
+def test_up_quiet_turns_the_access_log_off_unless_the_person_asks_for_it(
+    tmp_path: Path, quiet: bool, mine: dict[str, str], expected: str | None
+) -> None:
+    stack = DevStack(tmp_path, _ports(), environ=mine, quiet=quiet)
+    env = stack.service_env("orders", "postgresql+asyncpg://x@y/z")
+    assert env.get("ORDERS_ACCESS_LOG") == expected
+    settings = load_settings(ServiceSettings, "ORDERS", {"ORDERS_DATABASE_URL": "postgresql+asyncpg://x@y/z"} | env)
+    assert settings.access_log is (expected != "false")

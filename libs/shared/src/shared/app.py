@@ -237,7 +237,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         ],
         middleware=[
             RouteSpanNameMiddleware(),
-            AccessLogMiddleware(exclude=_UNAUTHENTICATED_PATHS),
+            *([AccessLogMiddleware(exclude=_UNAUTHENTICATED_PATHS)] if settings.access_log else []),
             prometheus.middleware,
             # Before authentication: hostile input is refused without verifying a token first.
             InputBoundaryMiddleware(),

@@ -73,6 +73,8 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     """Root log level."""
     log_json: bool = True
     """JSON log lines (for machines) or console lines (for people)."""
+    access_log: bool = True
+    """One log line per request (method, route, status, duration, user, trace id)."""
     debug: bool = False
     """Litestar debug mode; never in production, it shows tracebacks."""
     jwt_issuer: str = "users"

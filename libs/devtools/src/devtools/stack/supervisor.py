@@ -355,12 +355,16 @@ class DevStack:
         output: IO[str] = sys.stdout,
         services: tuple[str, ...] | None = None,
         environ: dict[str, str] | None = None,
+        *,
+        quiet: bool = False,
     ) -> None:
         self.root = root.resolve()
         self.ports = ports
         self.output = output
         self.environ = dict(os.environ) if environ is None else environ
         self.services = installed_services() if services is None else services
+        self.quiet = quiet
+        """``just up --quiet``: no access-log line per request (the services' other lines stay)."""
         self.postgres = PostgresServer(self.root / "postgres", port=ports.postgres, durable=True)
         self.processes: list[ServiceProcess] = []
         self.stored = self.secrets()
@@ -442,6 +446,8 @@ class DevStack:
         """Settings the supervisor picks for local use; the person's own ``<SERVICE>_*`` variables win."""
         prefix = service.upper()
         env = {f"{prefix}_LOG_JSON": "false"}
+        if self.quiet:
+            env[f"{prefix}_ACCESS_LOG"] = "false"
         issuer = _token_issuer()
         if service == issuer.name:
             # Swagger UI on the other services' pages signs in at the issuer's /auth/token: cross-origin.
@@ -934,6 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reset(parser.parse_args(arguments[1:]).data)
     parser = argparse.ArgumentParser(prog="just up", description="Run Relay Shop locally.")
     parser.add_argument("--fresh", action="store_true", help="wipe the data directory first")
+    parser.add_argument("--quiet", action="store_true", help="no access-log line per request")
     parser.add_argument("--data", type=Path, default=default_data, help="data directory (default .data)")
     args = parser.parse_args(arguments)
     lock = StackLock(args.data)
@@ -943,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise StartupError(f"already running (pid {holder}) in {args.data.resolve()}")
         if args.fresh:
             _fresh(args.data, keep=[lock.path])
-        stack = DevStack(args.data, StackPorts.from_environment())
+        stack = DevStack(args.data, StackPorts.from_environment(), quiet=args.quiet)
     except (StartupError, OSError, ValueError) as error:
         sys.stderr.write(f"just up: {error}\n")
         return 1
