@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "EVENT_TABLES",
+    "IDEMPOTENCY_KEYS",
     "KNOWN_USERS",
     "LINES",
     "ORDERS",
@@ -136,6 +137,7 @@ PRODUCTS = cast("Table", Product.__table__)
 ORDERS = cast("Table", Order.__table__)
 LINES = cast("Table", OrderLine.__table__)
 KNOWN_USERS = cast("Table", KnownUser.__table__)
+IDEMPOTENCY_KEYS = cast("Table", IdempotencyKey.__table__)
 
 EVENT_TABLES = define_event_tables(Base.metadata)
 """The outbox for orders' events and the inbox of the users events it applied."""

@@ -14,12 +14,22 @@ import msgspec
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from msgspec import UNSET
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from uuid_utils.compat import uuid7
 
-from orders.models import KNOWN_USERS, LINES, ORDERS, PRODUCTS, SCHEMA, IdempotencyKey, KnownUser, Order, Product
+from orders.models import (
+    IDEMPOTENCY_KEYS,
+    KNOWN_USERS,
+    LINES,
+    ORDERS,
+    PRODUCTS,
+    SCHEMA,
+    IdempotencyKey,
+    Order,
+    Product,
+)
 from orders.schemas import OrderLineOut, OrderOut, OrderPage, ProductOut, ProductPage
 from orders.stock import PRODUCT_COLUMNS, lock_stock, return_stock
 from orders.transactions import retry_transient
@@ -91,7 +101,42 @@ LINES_OF_ORDERS = (
     .where(LINES.c.order_id.in_(bindparam("order_ids", expanding=True)))
     .order_by(LINES.c.order_id, LINES.c.product_id)
 )
-INSERT_ORDER = insert(ORDERS).returning(*ORDER_COLUMNS)
+# POST /orders' statements, built once: a statement made per request costs its construction and
+# cache key on every call (SQLAlchemy's share of the profile of placement).
+CLAIM_KEY = (
+    insert(IDEMPOTENCY_KEYS)
+    .values(
+        user_id=bindparam("user_id"),
+        key=bindparam("key"),
+        request_hash=bindparam("request_hash"),
+        created_at=bindparam("now"),
+        expires_at=bindparam("expires_at"),
+    )
+    .on_conflict_do_nothing()
+    .returning(IDEMPOTENCY_KEYS.c.key)
+)
+CUSTOMER_IS_ACTIVE = (
+    select(KNOWN_USERS.c.is_active).where(KNOWN_USERS.c.user_id == bindparam("user_id")).with_for_update(read=True)
+)
+REMEMBER_CUSTOMER = (
+    insert(KNOWN_USERS).values(user_id=bindparam("user_id"), is_active=True, sequence=0).on_conflict_do_nothing()
+)
+# The order, its lines and the answer kept on the claimed key, in one statement (one round trip
+# instead of three). Every row is new or already this transaction's (the key), so no lock is
+# taken out of the order in orders.stock; the lines' foreign keys are checked at the end of the
+# statement, when the order row is there.
+RECORD_ORDER = text(
+    f"WITH placed AS (INSERT INTO {SCHEMA}.{ORDERS.name}"
+    " (id, user_id, status, total, currency, version, created_at, updated_at)"
+    " VALUES (:order_id, :user_id, 'pending', :total, :currency, 1, :now, :now)),"
+    f" lines AS (INSERT INTO {SCHEMA}.{LINES.name} (id, order_id, product_id, sku, name, unit_price, quantity)"
+    " SELECT line.id, :order_id, line.product_id, line.sku, line.name, line.unit_price, line.quantity"
+    " FROM unnest(CAST(:line_ids AS uuid[]), CAST(:product_ids AS uuid[]), CAST(:skus AS varchar[]),"
+    " CAST(:names AS varchar[]), CAST(:unit_prices AS bigint[]), CAST(:quantities AS integer[]))"
+    " AS line (id, product_id, sku, name, unit_price, quantity))"
+    f" UPDATE {SCHEMA}.{IDEMPOTENCY_KEYS.name} SET status_code = 201, response_body = :body"
+    " WHERE user_id = :user_id AND key = :key"
+)
 # The two public reads every client repeats, as plain SQL for the session's asyncpg connection
 # (shared.db.driver_connection): one round trip each, no BEGIN/ROLLBACK, no statement building.
 # An order and its lines come in one statement: the order's columns repeat on each line's row.
@@ -273,9 +318,7 @@ class OrderService:
             if replay is not None:
                 return replay
             await self._check_customer(user.id)
-            placed = await self._create(user.id, order.items, now)
-            body = _json.encode(placed)
-            await self._keep_answer(user.id, idempotency_key, body)
+            body = await self._create(user.id, idempotency_key, order.items, now)
         return PlacedOrder(status_code=201, body=body, replayed=False)
 
     async def _claim_key(
@@ -283,10 +326,8 @@ class OrderService:
     ) -> PlacedOrder | None:
         expires_at = now + datetime.timedelta(seconds=self.settings.idempotency_ttl_seconds)
         claimed = await self.session.execute(
-            insert(IdempotencyKey)
-            .values(user_id=user_id, key=key, request_hash=request_hash, created_at=now, expires_at=expires_at)
-            .on_conflict_do_nothing()
-            .returning(IdempotencyKey.key)
+            CLAIM_KEY,
+            {"user_id": user_id, "key": key, "request_hash": request_hash, "now": now, "expires_at": expires_at},
         )
         if claimed.first() is not None:
             return None
@@ -311,17 +352,20 @@ class OrderService:
         # A user orders may not have heard of yet is fine (the token proves them); remember them.
         # FOR SHARE serialises with a deactivation, which updates this row: either it sees this
         # order and cancels it, or this order sees the user deactivated.
-        await self.session.execute(
-            insert(KnownUser).values(user_id=user_id, is_active=True, sequence=0).on_conflict_do_nothing()
-        )
-        is_active = await self.session.scalar(
-            select(KnownUser.is_active).where(KnownUser.user_id == user_id).with_for_update(read=True)
-        )
+        # The row is there for every order but a user's first: read it first, insert only when missing.
+        is_active = await self.session.scalar(CUSTOMER_IS_ACTIVE, {"user_id": user_id})
+        if is_active is None:
+            await self.session.execute(REMEMBER_CUSTOMER, {"user_id": user_id})
+            is_active = await self.session.scalar(CUSTOMER_IS_ACTIVE, {"user_id": user_id})
         if not is_active:
             raise Forbidden("This account is deactivated and cannot place orders.")
 
-    async def _create(self, user_id: uuid.UUID, items: Sequence[OrderItem], now: datetime.datetime) -> OrderOut:
-        """Check, price, reserve, record and announce one order; each step refuses what it must."""
+    async def _create(self, user_id: uuid.UUID, key: str, items: Sequence[OrderItem], now: datetime.datetime) -> bytes:
+        """Check, price, reserve, record and announce one order; each step refuses what it must.
+
+        Returns:
+            The answer (kept on the claimed key for replays).
+        """
         quantities = _quantities(items)
         # Step 4 of the lock order (orders.stock): every product of the order, in id order, at once.
         locked = await lock_stock(self.session, quantities)
@@ -330,46 +374,49 @@ class OrderService:
         _require_stock(products, quantities)
         lines = _price(products, quantities)
         await locked.change({line.product_id: -line.quantity for line in lines})
-        placed = await self._record(user_id, lines, currency, now)
+        placed, body = await self._record(user_id, key, lines, currency, now)
         await self.outbox.add(self.session, _placed_event(placed, lines), sequence=1)
-        return placed
+        return body
 
     async def _record(
-        self, user_id: uuid.UUID, lines: Sequence[PricedLine], currency: str, now: datetime.datetime
-    ) -> OrderOut:
-        """Insert the order and its lines; the order as ``GET /orders/{id}`` will show it.
+        self, user_id: uuid.UUID, key: str, lines: Sequence[PricedLine], currency: str, now: datetime.datetime
+    ) -> tuple[OrderOut, bytes]:
+        """Insert the order and its lines and keep the answer on the key, in one statement.
 
-        Both are new rows, so nobody can be waiting for them (the lock order stays intact).
+        The answer is the order as ``GET /orders/{id}`` will show it: every value is known here.
         """
         answered = [_line_out(line) for line in lines]
-        order_id = uuid7()
-        order = (
-            await self.session.execute(
-                INSERT_ORDER,
-                {
-                    "id": order_id,
-                    "user_id": user_id,
-                    "status": "pending",
-                    "total": sum(line.line_total for line in answered),
-                    "currency": currency,
-                    "version": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-        ).one()
-        await self.session.execute(
-            insert(LINES).values([{"id": uuid7(), "order_id": order_id, **line._asdict()} for line in lines])
+        placed = OrderOut(
+            id=uuid7(),
+            user_id=user_id,
+            status="pending",
+            lines=answered,
+            total=sum(line.line_total for line in answered),
+            currency=currency,
+            cancel_reason=None,
+            created_at=now,
+            updated_at=now,
         )
-        return OrderOut(**order._asdict(), lines=answered)
-
-    async def _keep_answer(self, user_id: uuid.UUID, key: str, body: bytes) -> None:
-        """Store the answer on the claimed key, for replays of the same request."""
+        body = _json.encode(placed)
         await self.session.execute(
-            update(IdempotencyKey)
-            .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
-            .values(status_code=201, response_body=body)
+            RECORD_ORDER,
+            {
+                "order_id": placed.id,
+                "user_id": user_id,
+                "key": key,
+                "total": placed.total,
+                "currency": currency,
+                "now": now,
+                "line_ids": [uuid7() for _ in lines],
+                "product_ids": [line.product_id for line in lines],
+                "skus": [line.sku for line in lines],
+                "names": [line.name for line in lines],
+                "unit_prices": [line.unit_price for line in lines],
+                "quantities": [line.quantity for line in lines],
+                "body": body,
+            },
         )
+        return placed, body
 
     async def get(self, user: Principal, order_id: uuid.UUID) -> OrderOut:
         """One order, for its owner or an administrator.
