@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
 from devtools.stack.servers import free_port
@@ -358,3 +358,59 @@ def test_one_access_log_line_per_request_carries_its_route_status_user_and_trace
     ]
     assert len({line["trace_id"] for line in lines}) == 3
     assert all(isinstance(line["duration_ms"], float) for line in lines)
+
+
+def test_one_log_line_per_event_published_or_consumed_with_its_trace_id() -> None:
+    provider = build_tracer_provider(tracing_plan("notify", {"OTEL_TRACES_EXPORTER": "none"}), event_log=True)
+    assert provider is not None
+    tracer = provider.get_tracer("t")
+    message = {"messaging.destination.name": "orders.order.placed", "messaging.message.id": "0190-abc"}
+    with capture_logs() as logs:
+        with tracer.start_as_current_span(
+            "send orders.order.placed", kind=SpanKind.PRODUCER, attributes=message
+        ) as sent:
+            pass
+        consumer = message | {"messaging.consumer.group.name": "notify-order-notifications"}
+        with tracer.start_as_current_span(
+            "process orders.order.placed",
+            kind=SpanKind.CONSUMER,
+            attributes=consumer | {"messaging.message.delivery_attempt": 2},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as failed:
+            failed.record_exception(RuntimeError("mail server down"))
+            failed.set_status(StatusCode.ERROR)
+        with (
+            tracer.start_as_current_span("internal work"),
+            tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER),
+        ):
+            pass
+    assert logs == [
+        {
+            "event": "published orders.order.placed ok",
+            "log_level": "info",
+            "type": "orders.order.placed",
+            "event_id": "0190-abc",
+            "outcome": "ok",
+            "trace_id": format(sent.get_span_context().trace_id, "032x"),
+        },
+        {
+            "event": "consumed orders.order.placed failed",
+            "log_level": "warning",
+            "type": "orders.order.placed",
+            "event_id": "0190-abc",
+            "outcome": "failed",
+            "trace_id": format(failed.get_span_context().trace_id, "032x"),
+            "consumer": "notify-order-notifications",
+            "attempt": 2,
+            "error": "mail server down",
+        },
+    ]
+
+
+def test_no_event_lines_unless_asked() -> None:
+    provider = build_tracer_provider(tracing_plan("notify", {"OTEL_TRACES_EXPORTER": "none"}))
+    assert provider is not None
+    with capture_logs() as logs, provider.get_tracer("t").start_as_current_span("send x", kind=SpanKind.PRODUCER):
+        pass
+    assert logs == []

@@ -74,7 +74,8 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     log_json: bool = True
     """JSON log lines (for machines) or console lines (for people)."""
     access_log: bool = True
-    """One log line per request (method, route, status, duration, user, trace id)."""
+    """One log line per request (method, route, status, duration, user, trace id) in the API, and per
+    event published or consumed (type, event id, consumer, outcome, trace id) in the worker."""
     debug: bool = False
     """Litestar debug mode; never in production, it shows tracebacks."""
     jwt_issuer: str = "users"

@@ -22,7 +22,7 @@ import structlog
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = (
     "DEFAULT_OTLP_ENDPOINT",
     "AccessLogMiddleware",
+    "EventLogProcessor",
     "RouteSpanNameMiddleware",
     "TracingPlan",
     "add_trace_ids",
@@ -231,14 +232,58 @@ def _one_line_span(span: ReadableSpan) -> str:
     return f"{span.to_json(indent=None)}\n"
 
 
-def build_tracer_provider(plan: TracingPlan) -> TracerProvider | None:
-    """The SDK tracer provider ``plan`` asks for, with its exporters; ``None`` when the SDK is disabled."""
+event_log = structlog.get_logger("events")
+
+
+class EventLogProcessor(SpanProcessor):
+    """One log line per event published (the relay's PRODUCER span) or consumed (a CONSUMER span).
+
+    Read from the messaging spans the relay and the consumers already make, when each ends: the
+    event type (its subject), the event id, the consumer, the delivery attempt, the outcome (``ok``,
+    or ``failed`` with the error) and the trace id of that span, so an event's line leads to its trace.
+    """
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Write the line of a messaging span; other spans pass."""
+        kind = span.kind
+        if kind not in (trace.SpanKind.PRODUCER, trace.SpanKind.CONSUMER):
+            return
+        attributes = span.attributes or {}
+        failed = span.status.status_code is trace.StatusCode.ERROR
+        error = next(
+            (str(event.attributes.get("exception.message", "")) for event in span.events if event.attributes), ""
+        )
+        verb = "published" if kind is trace.SpanKind.PRODUCER else "consumed"
+        fields: dict[str, Any] = {
+            "type": attributes.get("messaging.destination.name"),
+            "event_id": attributes.get("messaging.message.id"),
+            "outcome": "failed" if failed else "ok",
+            "trace_id": format(span.context.trace_id, "032x") if span.context is not None else None,
+        }
+        if kind is trace.SpanKind.CONSUMER:
+            fields["consumer"] = attributes.get("messaging.consumer.group.name")
+            fields["attempt"] = attributes.get("messaging.message.delivery_attempt")
+        if failed:
+            fields["error"] = error or span.status.description
+        log_line = event_log.warning if failed else event_log.info
+        log_line(f"{verb} {fields['type']} {fields['outcome']}", **fields)
+
+
+def build_tracer_provider(plan: TracingPlan, *, event_log: bool = False) -> TracerProvider | None:
+    """The SDK tracer provider ``plan`` asks for, with its exporters; ``None`` when the SDK is disabled.
+
+    Args:
+        plan: What the ``OTEL_*`` variables ask for.
+        event_log: Also write a log line per event published or consumed (``EventLogProcessor``).
+    """
     if plan.disabled:
         return None
     from opentelemetry.sdk.resources import Resource
 
     resource: Resource = Resource.create(plan.resource)
     provider = TracerProvider(resource=resource, sampler=plan.make_sampler())
+    if event_log:
+        provider.add_span_processor(EventLogProcessor())
     if "otlp" in plan.exporters and plan.otlp_endpoint is not None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -253,15 +298,18 @@ def build_tracer_provider(plan: TracingPlan) -> TracerProvider | None:
     return provider
 
 
-def configure_tracing(service_name: str, environ: Mapping[str, str] | None = None) -> None:
-    """Install the process's tracer provider once, as the ``OTEL_*`` variables ask (``tracing_plan``)."""
+def configure_tracing(service_name: str, environ: Mapping[str, str] | None = None, *, event_log: bool = False) -> None:
+    """Install the process's tracer provider once, as the ``OTEL_*`` variables ask (``tracing_plan``).
+
+    With ``event_log``, every event published or consumed is also a log line (``EventLogProcessor``).
+    """
     global _configured_service  # noqa: PLW0603 - one provider per process is OpenTelemetry's own rule
     if _configured_service is not None:
         return
     plan = tracing_plan(service_name, os.environ if environ is None else environ)
     for warning in plan.warnings:
         log.warning(warning)
-    provider = build_tracer_provider(plan)
+    provider = build_tracer_provider(plan, event_log=event_log)
     if provider is not None:
         trace.set_tracer_provider(provider)
     _configured_service = service_name

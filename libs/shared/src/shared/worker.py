@@ -252,7 +252,7 @@ def run_worker_until_signalled(plan: WorkerPlan, *, grace_seconds: float = 25.0)
             process exits anyway (keep it below the pod's termination grace period).
     """
     configure_logging(level=plan.settings.log_level, json=plan.settings.log_json)
-    configure_tracing(plan.service)
+    configure_tracing(plan.service, event_log=plan.settings.access_log)
 
     async def main() -> None:
         stop = asyncio.Event()
