@@ -339,3 +339,62 @@ def test_api_refuses_keys_it_cannot_use_on_one_line(tmp_path: Path) -> None:
     for (service, _args, _env), finished in zip(runs, _run_all(runs, tmp_path), strict=True):
         problems = _one_line_problems(finished, service, expected[service], code=2)
         assert not problems, (service, problems)
+
+
+SERVING_ONLY_IN_THE_WORKER = ("litestar", "sqlalchemy", "advanced_alchemy", "cryptography", "opentelemetry", "granian")
+"""Packages the app needs and granian's main process does not: they cost memory in every API pod.
+
+(``granian`` is here to prove the probe sees what is imported: it must be the only one held.)"""
+
+MAIN_PROCESS_PROBE = """
+import sys
+import granian
+
+class Probe:
+    def __init__(self, **options):
+        self.options = options
+    def serve(self):
+        # Here granian's main process would start serving: say what it holds, and where it listens.
+        held = sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[2].split(",")))
+        print(",".join(held), self.options["address"], self.options["port"], self.options["workers"])
+
+granian.Granian = Probe
+from importlib import import_module
+import_module(sys.argv[1] + ".cli").main(["api"])
+"""
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_api_checks_the_app_in_a_child_and_granians_main_process_holds_none_of_it(service: str, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.generate()
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    prefix = service.upper()
+    port = free_port()
+    variables = {
+        f"{prefix}_DATABASE_URL": UNREACHABLE_DATABASE.format(port=free_port()),  # building the app connects nowhere
+        f"{prefix}_JWT_PUBLIC_KEYS": public_pem.decode(),
+        f"{prefix}_JWT_PRIVATE_KEY": private_pem.decode(),
+        f"{prefix}_HTTP_PORT": str(port),
+        f"{prefix}_HTTP_WORKERS": "3",
+        **NOTIFY_NEEDS,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", MAIN_PROCESS_PROBE, service, ",".join(SERVING_ONLY_IN_THE_WORKER)],
+        env=clean_environment(variables),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The settings the child read reach granian; the app's packages stayed in the child.
+    assert done.stdout.split() == ["granian", "127.0.0.1", str(port), "3"], (done.stdout, done.stderr[-2000:])

@@ -12,9 +12,13 @@ or the service's domain: a wrong setting is reported in a fraction of a second.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import traceback
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import msgspec
 
 from shared.settings import SettingsError, variable_name
 
@@ -160,22 +164,21 @@ def service_cli(
     @click.option("--kill-timeout", type=int, default=20, show_default=True, help="Seconds a worker may take to stop.")
     def api(workers: int | None, kill_timeout: int) -> None:
         """Serve the HTTP API with granian."""
-        settings = load_settings()
+        # The settings are read and the app built once, so a setting only the app reads (a key, a
+        # URL) fails now, on one line, instead of in every granian worker with a traceback; the
+        # same for NATS. Both happen in a short-lived child: this process stays granian's small
+        # main process, without the framework, the ORM, cryptography or the domain in its memory.
+        listen = _check_in_child(name, app_factory, load_settings, show_traceback=_wants_traceback())
         from granian import Granian
         from granian.constants import Interfaces
 
-        # Build the app once here, so a setting only the app reads (a key, a URL) fails now, on
-        # one line, instead of in every granian worker with a traceback; the same for NATS.
-        _resolve(app_factory)()
-        if settings.nats_url.strip():
-            asyncio.run(_probe_nats(settings, name))
         Granian(
             target=app_factory,
             factory=True,
             interface=Interfaces.ASGI,
-            address=settings.http_host,
-            port=settings.http_port,
-            workers=workers or settings.http_workers,
+            address=listen.host,
+            port=listen.port,
+            workers=workers or listen.workers,
             workers_kill_timeout=kill_timeout,
             log_access=False,
         ).serve()
@@ -362,6 +365,66 @@ async def _jetstream_lines(worker: Worker) -> list[str]:
     finally:
         await connection.close()
     return [stream.line(), *(consumer.line() for consumer in consumers)]
+
+
+def _wants_traceback() -> bool:
+    context = click.get_current_context(silent=True)
+    root = context.find_root() if context is not None else None
+    return bool(root is not None and root.params.get("traceback"))
+
+
+class _Listen(msgspec.Struct, frozen=True):
+    """What granian's main process needs from the settings the child checked."""
+
+    host: str
+    port: int
+    workers: int
+
+
+def _check_in_child(
+    name: str, app_factory: str, load_settings: Callable[[], ServiceSettings], *, show_traceback: bool
+) -> _Listen:
+    """Read the settings, build the app and probe NATS in a forked child, which then exits.
+
+    The child reports a failure as the command itself would (one line, or the traceback) and exits
+    with its status; on success it hands back where to listen through a pipe.
+
+    Raises:
+        click.exceptions.Exit: The child found a problem and has already reported it on stderr.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: leaves with os._exit, never returns into click
+        os.close(read_end)
+        code = 0
+        try:
+            settings = load_settings()
+            _resolve(app_factory)()
+            if settings.nats_url.strip():
+                asyncio.run(_probe_nats(settings, name))
+            listen = _Listen(settings.http_host, settings.http_port, settings.http_workers)
+            os.write(write_end, msgspec.json.encode(listen))
+        except BaseException as error:  # noqa: BLE001 - every failure becomes the exit status
+            if show_traceback:
+                traceback.print_exc()
+                code = 1
+            else:
+                message, code = explain_failure(error, name)
+                CommandFailedError(name, message, code).show()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not answer:
+        raise click.exceptions.Exit(code if code > 0 else 1)
+    return msgspec.json.decode(answer, type=_Listen)
 
 
 async def _probe_nats(settings: ServiceSettings, name: str) -> None:
