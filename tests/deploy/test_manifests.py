@@ -18,6 +18,7 @@ from notify.settings import NotifySettings
 from orders.settings import OrdersSettings
 from shared.auth import AccessTokenSigner
 from shared.settings import ServiceSettings
+from shared.telemetry import tracing_plan
 from tests.deploy.custom_resources import CUSTOM_SCHEMAS
 from tests.deploy.dockerfile import image_steps
 from tests.deploy.manifests import (
@@ -66,6 +67,8 @@ OTEL_VARIABLES = {
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_METRICS_EXPORTER",
     "OTEL_LOGS_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
 }
 
 # What prod refers to and never commits: created by the operator (deploy/README.md).
@@ -355,6 +358,27 @@ def test_every_service_listens_on_every_interface_in_its_pod(docs: list[Manifest
         assert config[f"{prefix}_WORKER_HEALTH_PORT"] == "9000"
         assert config["OTEL_SERVICE_NAME"] == service
         assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+
+
+def test_prod_samples_a_tenth_of_new_traces_and_follows_the_parent_in_every_process() -> None:
+    # The api and the worker of each service read one ConfigMap: the same decision on both sides of
+    # NATS, so a trace is kept or dropped whole. tracing_plan is what the processes run: no warning
+    # means every value is understood, not silently replaced by the default.
+    docs = render("prod")
+    for service in SERVICES:
+        config = generated(docs, "ConfigMap", f"{service}-config")["data"]
+        for component in ("api", "worker"):
+            pod = named(docs, "Deployment", f"{service}-{component}")["spec"]["template"]["spec"]
+            sources = [source for _, c in containers(pod) for source in c.get("envFrom", [])]
+            assert any(source.get("configMapRef", {}).get("name") == config_name(docs, service) for source in sources)
+        plan = tracing_plan(service, config)
+        assert plan.warnings == ()
+        assert (plan.sampler, plan.sampler_ratio) == ("parentbased_traceidratio", 0.1)
+        assert plan.exporters == ("otlp",)
+
+
+def config_name(docs: list[Manifest], service: str) -> str:
+    return str(generated(docs, "ConfigMap", f"{service}-config")["metadata"]["name"])
 
 
 def test_prod_runs_three_nats_peers_and_asks_for_three_stream_replicas() -> None:
