@@ -3,8 +3,9 @@
 Both lines run in this one process, on the same freshly started and seeded Postgres, with the same
 engine, the same sequence of order ids and the same answer:
 
-* **core**: ``OrderService.get``, as the route calls it: two column selects (the order row, then its
-  lines) straight into the ``OrderOut`` and ``OrderLineOut`` Structs.
+* **core**: ``OrderService.get``, as the route calls it: one prebuilt statement (the order row
+  joined to its lines) on the session's asyncpg connection (``shared.db.driver_connection``, no
+  BEGIN/ROLLBACK), straight into the ``OrderOut`` and ``OrderLineOut`` Structs.
 * **orm**: the way a typical codebase would write it: advanced-alchemy repositories load the
   ``Order`` entity and its ``OrderLine`` entities (identity map, instance state), then the same
   ``OrderOut`` is built from them.
