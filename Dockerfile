@@ -12,8 +12,6 @@ ARG BASE_IMAGE=docker.io/library/python:3.11.14-slim-bookworm
 
 # ---- build: a virtual environment holding the service, shared and their runtime dependencies only
 FROM ${BASE_IMAGE} AS build
-# users, orders or notify (shared.events.topology declares them).
-ARG SERVICE
 
 # uv comes from PyPI, pinned, like every other package of the build.
 RUN pip install --no-cache-dir uv==0.13.9
@@ -33,8 +31,14 @@ COPY libs/devtools/pyproject.toml libs/devtools/
 COPY services/users/pyproject.toml services/users/
 COPY services/orders/pyproject.toml services/orders/
 COPY services/notify/pyproject.toml services/notify/
+RUN --mount=type=cache,target=/root/.cache/uv uv lock
+
+# users, orders or notify (shared.events.topology declares them). Declared only here: a build
+# argument is part of the cache key of every RUN after it, so the steps above are one layer for all
+# three services' builds.
+ARG SERVICE
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv lock && uv sync --package "${SERVICE}" --no-dev --frozen --no-install-workspace
+    uv sync --package "${SERVICE}" --no-dev --frozen --no-install-workspace
 
 # The code last, so a code change reuses the dependency layer. Non-editable: the venv owns
 # real wheels of shared and the service (migrations included) and needs no source tree at run time.
