@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 from devtools.stack.servers import free_port
 from shared.telemetry import (
     DEFAULT_OTLP_ENDPOINT,
+    EVENT_OUTCOME_ATTRIBUTE,
     AccessLogMiddleware,
     RouteSpanNameMiddleware,
     add_trace_ids,
@@ -380,6 +381,12 @@ def test_one_log_line_per_event_published_or_consumed_with_its_trace_id() -> Non
         ) as failed:
             failed.record_exception(RuntimeError("mail server down"))
             failed.set_status(StatusCode.ERROR)
+        with tracer.start_as_current_span(
+            "process orders.order.placed",
+            kind=SpanKind.CONSUMER,
+            attributes=consumer | {"messaging.message.delivery_attempt": 1, EVENT_OUTCOME_ATTRIBUTE: "duplicate"},
+        ) as duplicate:
+            pass
         with (
             tracer.start_as_current_span("internal work"),
             tracer.start_as_current_span("GET /x", kind=SpanKind.SERVER),
@@ -404,6 +411,16 @@ def test_one_log_line_per_event_published_or_consumed_with_its_trace_id() -> Non
             "consumer": "notify-order-notifications",
             "attempt": 2,
             "error": "mail server down",
+        },
+        {
+            "event": "consumed orders.order.placed duplicate",
+            "log_level": "info",
+            "type": "orders.order.placed",
+            "event_id": "0190-abc",
+            "outcome": "duplicate",
+            "trace_id": format(duplicate.get_span_context().trace_id, "032x"),
+            "consumer": "notify-order-notifications",
+            "attempt": 1,
         },
     ]
 

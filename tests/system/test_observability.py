@@ -77,12 +77,13 @@ async def test_one_order_is_one_trace_from_the_request_through_the_relay_to_noti
     assert [line for line in access if f"trace_id={trace_id}" in line], access[-5:]
     assert [line for line in access if f"user_id={customer.id}" in line], access[-5:]
 
-    # So do the relay's line for the event it published and notify's for the event it consumed.
-    for process, verb in (("orders-worker", "published"), ("notify-worker", "consumed")):
+    # So do the relay's line for the event it published and notify's for the event it consumed (applied).
+    for process, said in (
+        ("orders-worker", "published orders.order.placed ok"),
+        ("notify-worker", "consumed orders.order.placed applied"),
+    ):
         events = [line for line in stack.log if line.lstrip().startswith(f"{process} |")]
-        assert [
-            line for line in events if f"{verb} orders.order.placed ok" in line and f"trace_id={trace_id}" in line
-        ], (process, events[-5:])
+        assert [line for line in events if said in line and f"trace_id={trace_id}" in line], (process, events[-5:])
 
     # `just trace <id>` draws the same three spans, each under its parent, with the message id.
     drawn = io.StringIO()

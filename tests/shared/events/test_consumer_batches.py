@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import DBAPIError
@@ -27,6 +31,7 @@ from shared.events.contracts import UserRegistered, decode_event, encode_event, 
 from shared.events.dead_letters import DeadLetters
 from shared.events.outbox import Outbox
 from shared.events.streams import ConsumerSpec
+from shared.telemetry import EVENT_OUTCOME_ATTRIBUTE, configure_tracing
 from tests.shared.events.helpers import TABLES, effects, registered, replica
 
 if TYPE_CHECKING:
@@ -396,3 +401,38 @@ async def test_a_handler_that_swallows_its_database_error_fails_alone_and_never_
     [letter] = await dead_letters.list()
     assert letter.event_id == ids[1]
     assert "aborted" in letter.error
+
+
+async def test_each_consumer_span_says_what_became_of_its_message(
+    jetstream: JetStreamContext, lab_sessions: async_sessionmaker[AsyncSession], lab_engine: AsyncEngine
+) -> None:
+    """The outcome the console's event lines show: applied, duplicate, retried, dead-lettered."""
+    configure_tracing("eventlab", {"OTEL_TRACES_EXPORTER": "none"})  # as every service process does (once)
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lab = Lab(jetstream, lab_sessions, lab_engine)
+    poison = EMAILS[3]
+    lab.failing[poison] = 100
+    envelope = new_envelope(registered(9), source="users", sequence=1)
+    for message_id in ("first", "second"):
+        await jetstream.publish(envelope.type, encode_event(envelope), headers={"Nats-Msg-Id": message_id})
+    poison_id, good_id = await publish(jetstream, poison, EMAILS[4])
+    dead_letters = DeadLetters(jetstream, service="eventlab")
+
+    async def given_up() -> bool:
+        return len(await dead_letters.list()) == 1 and await drained(jetstream)
+
+    await lab.run_until(given_up, "the poison message dead-lettered")
+    exporter.shutdown()
+    outcomes: dict[str, list[str]] = collections.defaultdict(list)
+    for span in exporter.get_finished_spans():
+        if span.kind is trace.SpanKind.CONSUMER and span.attributes is not None:
+            message_id = str(span.attributes["messaging.message.id"])
+            outcomes[message_id].append(str(span.attributes[EVENT_OUTCOME_ATTRIBUTE]))
+    assert dict(outcomes) == {
+        envelope.id: ["applied", "duplicate"],
+        good_id: ["applied"],
+        poison_id: ["retried"] * (SPEC.max_deliver - 1) + ["dead-lettered"],
+    }

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "DEFAULT_OTLP_ENDPOINT",
+    "EVENT_OUTCOME_ATTRIBUTE",
     "AccessLogMiddleware",
     "EventLogProcessor",
     "RouteSpanNameMiddleware",
@@ -235,12 +236,18 @@ def _one_line_span(span: ReadableSpan) -> str:
 event_log = structlog.get_logger("events")
 
 
+EVENT_OUTCOME_ATTRIBUTE = "relay.event.outcome"
+"""What became of a consumed event, on its CONSUMER span: ``applied``, ``duplicate`` (already in the
+inbox: acked, nothing done), ``retried`` (handed back after a failure) or ``dead-lettered``."""
+
+
 class EventLogProcessor(SpanProcessor):
     """One log line per event published (the relay's PRODUCER span) or consumed (a CONSUMER span).
 
     Read from the messaging spans the relay and the consumers already make, when each ends: the
-    event type (its subject), the event id, the consumer, the delivery attempt, the outcome (``ok``,
-    or ``failed`` with the error) and the trace id of that span, so an event's line leads to its trace.
+    event type (its subject), the event id, the consumer, the delivery attempt, the outcome (a
+    consumer's ``EVENT_OUTCOME_ATTRIBUTE``; else ``ok``, or ``failed`` with the error) and the trace id
+    of that span, so an event's line leads to its trace.
     """
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -257,7 +264,7 @@ class EventLogProcessor(SpanProcessor):
         fields: dict[str, Any] = {
             "type": attributes.get("messaging.destination.name"),
             "event_id": attributes.get("messaging.message.id"),
-            "outcome": "failed" if failed else "ok",
+            "outcome": attributes.get(EVENT_OUTCOME_ATTRIBUTE) or ("failed" if failed else "ok"),
             "trace_id": format(span.context.trace_id, "032x") if span.context is not None else None,
         }
         if kind is trace.SpanKind.CONSUMER:

@@ -41,6 +41,7 @@ from shared.events.metrics import (
 from shared.events.outbox import messaging_attributes
 from shared.events.pacing import pause
 from shared.events.streams import dead_letter_subject, ensure_consumer
+from shared.telemetry import EVENT_OUTCOME_ATTRIBUTE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -124,6 +125,9 @@ class HandlerOutcome:
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
+    RETRIED = "retried"
+    """The handler failed; handed back for a later attempt (also when the dead-letter publish failed)."""
+    DEAD_LETTERED = "dead-lettered"
 
 
 class EventConsumer:
@@ -417,8 +421,10 @@ class EventConsumer:
             if delivery.error is not None:
                 delivery.span.record_exception(delivery.error)
                 delivery.span.set_status(trace.StatusCode.ERROR)
-                await self._retry_or_give_up(delivery.message, delivery.attempt, delivery.error)
+                outcome = await self._retry_or_give_up(delivery.message, delivery.attempt, delivery.error)
+                delivery.span.set_attribute(EVENT_OUTCOME_ATTRIBUTE, outcome)
                 continue
+            delivery.span.set_attribute(EVENT_OUTCOME_ATTRIBUTE, delivery.outcome)
             await self._run_after_commit(delivery.decoded, delivery.after_commit)
             await delivery.message.ack()
             counter = CONSUMER_DUPLICATES if delivery.outcome == HandlerOutcome.DUPLICATE else CONSUMER_PROCESSED
@@ -468,21 +474,26 @@ class EventConsumer:
                     error=repr(error),
                 )
 
-    async def _retry_or_give_up(self, message: Msg, attempt: int, error: Exception) -> None:
+    async def _retry_or_give_up(self, message: Msg, attempt: int, error: Exception) -> str:
+        """Hand a failed message back for a later attempt, or dead-letter it after the last; returns which."""
         if attempt >= self.spec.max_deliver:
-            await self.dead_letter(message, f"failed {attempt} times: {error!r}")
-            return
+            dead_lettered = await self.dead_letter(message, f"failed {attempt} times: {error!r}")
+            return HandlerOutcome.DEAD_LETTERED if dead_lettered else HandlerOutcome.RETRIED
         delay = self.spec.delay_after(attempt)
         log.warning(
             "handler failed; retrying", consumer=self.spec.durable, attempt=attempt, delay=delay, error=repr(error)
         )
         CONSUMER_RETRIED.labels(self.spec.durable).inc()
         await message.nak(delay=delay)
+        return HandlerOutcome.RETRIED
 
-    async def dead_letter(self, message: Msg, reason: str) -> None:
+    async def dead_letter(self, message: Msg, reason: str) -> bool:
         """Publish the message to the DLQ stream with the reason, then terminate it.
 
         If the DLQ publish itself fails, the message is handed back instead: never dropped.
+
+        Returns:
+            Whether it was dead-lettered (False: handed back).
         """
         sequence = message.metadata.sequence.stream
         headers = {key: value for key, value in (message.headers or {}).items() if key != "Nats-Msg-Id"}
@@ -502,10 +513,11 @@ class EventConsumer:
         except (NatsError, TimeoutError) as error:
             log.error("dead-letter publish failed; handing the message back", error=repr(error))
             await message.nak(delay=self.spec.backoff_seconds[-1])
-            return
+            return False
         log.error("dead-lettered", consumer=self.spec.durable, sequence=sequence, reason=reason)
         CONSUMER_DEAD_LETTERED.labels(self.spec.durable).inc()
         await message.term()
+        return True
 
     async def _keep_alive(self, messages: list[Msg]) -> None:
         """Tell the server a long batch is still being worked on, so it does not redeliver meanwhile."""
