@@ -320,10 +320,12 @@ def _access_logged_app(provider: TracerProvider) -> Litestar:
                 scope["user"] = SimpleNamespace(id=USER_ID)
             await next_app(scope, receive, send)
 
+    access_log = AccessLogMiddleware(exclude=("/health",))
     return Litestar(
         [read, boom, live],
         plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider, exclude_spans=["send", "receive"]))],
-        middleware=[RouteSpanNameMiddleware(), AccessLogMiddleware(exclude=("/health",)), SignedIn()],
+        middleware=[RouteSpanNameMiddleware(), access_log, SignedIn()],
+        after_exception=[access_log.log_unrouted],
         logging_config=None,
     )
 
@@ -341,8 +343,17 @@ def test_one_access_log_line_per_request_carries_its_route_status_user_and_trace
         assert client.get("/orders/43").status_code == 200
         assert client.get("/boom").status_code == 500
         assert client.get("/nowhere").status_code == 404
+        assert client.post("/boom").status_code == 405
+        assert client.get("/no%0AGET%20/forged%20200").status_code == 404
         assert client.get("/health/live").status_code == 200
+        assert client.get("/health/nowhere").status_code == 404
     lines = [entry for entry in logs if entry.get("route") is not None]
+    unrouted = [entry for entry in logs if "path" in entry]
+    assert [(line["event"], line["status"], line["route"]) for line in unrouted] == [
+        ("GET /nowhere 404", 404, None),
+        ("POST /boom 405", 405, None),
+        ("GET /no\\nGET /forged 200 404", 404, None),  # the client's newline, escaped: no forged line
+    ]
     assert [(line["method"], line["route"], line["status"], line["user_id"]) for line in lines] == [
         ("GET", "/orders/{order_id}", 200, str(USER_ID)),
         ("GET", "/orders/{order_id}", 200, None),
@@ -350,8 +361,9 @@ def test_one_access_log_line_per_request_carries_its_route_status_user_and_trace
     ]
     assert lines[0]["event"].startswith("GET /orders/{order_id} 200 ")
     server_spans = [span for span in exported.get_finished_spans() if span.kind == SpanKind.SERVER]
-    # each line names the trace of its own request's server span (the 404 and health spans have no line)
+    # each line names the trace of its own request's server span (health has neither span nor line)
     spans_by_trace = {format(span.context.trace_id, "032x"): span for span in server_spans}
+    assert all(line["trace_id"] in spans_by_trace for line in unrouted)
     assert [spans_by_trace[line["trace_id"]].name for line in lines] == [
         "GET /orders/{order_id}",
         "GET /orders/{order_id}",

@@ -217,6 +217,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         else None
     )
 
+    access_log = AccessLogMiddleware(exclude=_UNAUTHENTICATED_PATHS) if settings.access_log else None
     app = Litestar(
         route_handlers=[
             *app_config.route_handlers,
@@ -237,13 +238,14 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         ],
         middleware=[
             RouteSpanNameMiddleware(),
-            *([AccessLogMiddleware(exclude=_UNAUTHENTICATED_PATHS)] if settings.access_log else []),
+            *([access_log] if access_log is not None else []),
             prometheus.middleware,
             # Before authentication: hostile input is refused without verifying a token first.
             InputBoundaryMiddleware(),
             AuthenticationMiddleware(verifier, app_config.token_revocations),
         ],
         exception_handlers=exception_handlers(),
+        after_exception=[access_log.log_unrouted] if access_log is not None else [],
         before_send=[security_headers],
         before_request=refuse_loose_json,
         lifespan=[connections],

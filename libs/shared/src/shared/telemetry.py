@@ -350,6 +350,9 @@ class AccessLogMiddleware(ASGIMiddleware):
     It names the method, route template, status, duration and user id; ``add_trace_ids`` adds the
     trace id of the request's server span. Placed inside the OpenTelemetry middleware (the server
     span is current) and outside authentication (the caller is in ``scope["user"]`` once answered).
+
+    A request no route matches (404, or 405 for a method the path lacks) never reaches a route's
+    middleware: register ``log_unrouted`` as the app's ``after_exception`` hook for those.
     """
 
     scopes = (ScopeType.HTTP,)
@@ -386,6 +389,21 @@ class AccessLogMiddleware(ASGIMiddleware):
                 duration_ms=duration_ms,
                 user_id=str(user_id) if (user_id := getattr(user, "id", None)) is not None else None,
             )
+
+    async def log_unrouted(self, error: Exception, scope: Scope) -> None:
+        """``after_exception`` hook: the line of a request that no route matched (its raw path, escaped).
+
+        The hook runs for every exception; a routed request has ``route_handler`` in its scope and
+        gets its line from ``handle``. The duration is not known here (no middleware timed it).
+        """
+        routed = scope.get("route_handler") is not None
+        if routed or scope["type"] != ScopeType.HTTP or scope["path"].startswith(self.exclude):
+            return
+        method = scope.get("method", "GET")
+        # The path is the client's own text: escaped, so a newline cannot forge a line of the log.
+        path = scope["path"][:200].encode("unicode_escape").decode("ascii")
+        status = getattr(error, "status_code", 500)
+        access_log.info(f"{method} {path} {status}", method=method, route=None, path=path, status=status)
 
 
 def add_trace_ids(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
