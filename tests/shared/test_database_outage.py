@@ -162,6 +162,7 @@ def _chained(outer: Exception, cause: BaseException) -> Exception:
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
         asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
         asyncpg.exceptions.InterfaceError("connection is closed"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 11; another operation (2) is in progress"),
         sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
         sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("connection is closed")),
         sqlalchemy.exc.DBAPIError("SELECT 1", {}, Exception("lost"), connection_invalidated=True),

@@ -96,6 +96,9 @@ _UNAVAILABLE_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
     asyncpg.exceptions.InterfaceError,  # the client's side: the connection is closed or broken
+    # A connection the server is terminating while a statement starts on it (Postgres restarted,
+    # pg_terminate_backend): "cannot switch to state 11; another operation (2) is in progress".
+    asyncpg.exceptions.InternalClientError,
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
