@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
+import structlog
 from litestar import Litestar, get
 from litestar.middleware import ASGIMiddleware
 from litestar.params import FromPath
@@ -23,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
 from devtools.stack.servers import free_port
+from shared import telemetry
 from shared.telemetry import (
     DEFAULT_OTLP_ENDPOINT,
     EVENT_OUTCOME_ATTRIBUTE,
@@ -39,6 +41,17 @@ if TYPE_CHECKING:
     from litestar.types import ASGIApp, Receive, Scope, Send
 
 ENDPOINT = "http://collector.example:4318"
+
+
+@pytest.fixture(autouse=True)
+def uncached_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fresh loggers for ``capture_logs``: it cannot see a logger that already cached its configuration.
+
+    ``configure_logging`` caches each logger at its first use (a per-call saving on every request),
+    and an earlier test in the same process may have used these.
+    """
+    for name, logger_name in (("log", "shared.telemetry"), ("event_log", "events"), ("access_log", "access")):
+        monkeypatch.setattr(telemetry, name, structlog.get_logger(logger_name))
 
 
 @pytest.mark.parametrize(

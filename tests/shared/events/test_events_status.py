@@ -24,24 +24,30 @@ async def test_every_count_of_a_consumer_is_its_own(jetstream: JetStreamContext)
         await jetstream.publish(dead_letter_subject(spec.stream, spec.durable), f"{number}".encode())
     await jetstream.publish(dead_letter_subject("USERS", "notify-users-replica"), b"x")
     subscription = await jetstream.pull_subscribe_bind(spec.durable, stream=spec.stream)
-    first = await subscription.fetch(3, timeout=5)  # 3 delivered, 2 still pending
+    first = await subscription.fetch(5, timeout=5)  # all 5 delivered
+    assert len(first) == 5
     await first[0].ack()
     await first[1].nak()  # handed back at once: delivered again below
+    # The only message left to hand out is the one handed back: a fetch sent before the server has
+    # handled the nak (a plain publish) waits for it instead of taking a new message in its place.
     again = await subscription.fetch(1, timeout=5)
+    assert again[0].metadata.sequence.stream == first[1].metadata.sequence.stream
     assert again[0].metadata.num_delivered == 2
+    for number in range(5, 7):  # 2 not delivered yet
+        await jetstream.publish(f"orders.order.placed.{number}", b"{}")
 
     stream, consumers = await jetstream_status(jetstream, "notify")
     assert stream == StreamState("NOTIFY", 0, 0)
     states = {state.durable: state for state in consumers}
     assert list(states) == [spec.durable for spec in service("notify").consumers]
     assert states[spec.durable] == ConsumerState(
-        spec.durable, "ORDERS", pending=2, ack_pending=2, redelivered=1, dead_lettered=2
+        spec.durable, "ORDERS", pending=2, ack_pending=4, redelivered=1, dead_lettered=2
     )
     assert states["notify-users-replica"] == ConsumerState(
         "notify-users-replica", "USERS", 0, 0, 0, dead_lettered=1, exists=False
     )
     assert states[spec.durable].line() == (
-        "consumer notify-order-notifications (ORDERS): pending 2, ack pending 2, redelivered 1, dead-lettered 2"
+        "consumer notify-order-notifications (ORDERS): pending 2, ack pending 4, redelivered 1, dead-lettered 2"
     )
     assert states["notify-users-replica"].line().endswith("not created yet (the worker creates it)")
     await subscription.unsubscribe()
