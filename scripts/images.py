@@ -42,6 +42,7 @@ BASE_PACKAGES = ("python3.11", "python3.11-venv", "python3-pip", "python-is-pyth
 DPKG_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 TOOLS = {"buildah": "buildah", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+REVISION_LABEL = "org.opencontainers.image.revision"
 
 
 def storage_options() -> list[str]:
@@ -165,6 +166,31 @@ def image_size(name: str) -> int:
     return sum(int(layer["size"]) for layer in manifest["layers"])
 
 
+def image_label(name: str, label: str) -> str | None:
+    """One label of an image's config."""
+    config = json.loads(buildah("inspect", "--type", "image", name, capture=True))["OCIv1"]["config"]
+    labels: dict[str, str] = config.get("Labels") or {}
+    return labels.get(label)
+
+
+def stamp_revision(name: str, commit: str) -> None:
+    """Give an image the revision label of ``commit`` when it carries another one.
+
+    buildah 1.28 ignores ``--label`` when every step of a build is a cache hit: a build at a commit
+    that changed nothing the image holds (a README edit) returns the image of the earlier commit,
+    labelled with that commit. The label is then set on a container of it and committed again.
+    """
+    if image_label(name, REVISION_LABEL) == commit:
+        return
+    print(f"images: stamping {name} with revision {commit[:12]} (all its steps were cached)", flush=True)
+    container = buildah("from", "--pull=never", name, capture=True)
+    try:
+        buildah("config", "--label", f"{REVISION_LABEL}={commit}", container)
+        buildah("commit", "--quiet", container, name, capture=True)
+    finally:
+        buildah("rm", container, capture=True)
+
+
 def revision() -> str:
     """The commit being built, for the image's revision label."""
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
@@ -216,7 +242,7 @@ def build_images(services: tuple[str, ...] = SERVICES) -> dict[str, object]:
                 # buildah's layer cache does not key the Dockerfile's LABEL step on build-arg values: a
                 # build at a new commit reused the old revision label. A label given here is set at commit.
                 "--label",
-                f"org.opencontainers.image.revision={commit}",
+                f"{REVISION_LABEL}={commit}",
                 "--file",
                 "Dockerfile",
                 "--tag",
@@ -227,6 +253,7 @@ def build_images(services: tuple[str, ...] = SERVICES) -> dict[str, object]:
             env=env,
             check=True,
         )
+        stamp_revision(name, commit)
         timings[service] = round(time.monotonic() - started, 1)
         images[service] = name
     sizes = {service: image_size(name) for service, name in images.items()}
