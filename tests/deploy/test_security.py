@@ -1,8 +1,8 @@
 """Security settings of every workload in both overlays, so that none can regress.
 
 checkov, the policy scanner the issue suggested, cannot join the dev dependencies: it requires
-``packaging<24`` while the workspace pins 26.4 (a runtime dependency of every image, through
-opentelemetry-instrumentation), so it would downgrade the services for a linter. These tests are
+``packaging<24`` while the workspace pins 26.4 (pytest's and kubernetes-validate's), so it would
+downgrade the test tools for a linter. These tests are
 its Kubernetes checks that apply here, named by checkov's id; the checks deliberately not enforced
 are in ``NOT_ENFORCED`` with the reason.
 """

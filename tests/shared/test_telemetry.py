@@ -5,21 +5,12 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-import uuid
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytest
 import structlog
-from litestar import Litestar, get
-from litestar.middleware import ASGIMiddleware
-from litestar.params import FromPath
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from litestar.testing import TestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import TracerProvider, sampling
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
@@ -28,9 +19,6 @@ from shared import telemetry
 from shared.telemetry import (
     DEFAULT_OTLP_ENDPOINT,
     EVENT_OUTCOME_ATTRIBUTE,
-    AccessLogMiddleware,
-    RouteSpanNameMiddleware,
-    add_trace_ids,
     build_tracer_provider,
     tracing_plan,
 )
@@ -38,7 +26,6 @@ from shared.telemetry import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from litestar.types import ASGIApp, Receive, Scope, Send
 
 ENDPOINT = "http://collector.example:4318"
 
@@ -50,7 +37,7 @@ def uncached_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
     ``configure_logging`` caches each logger at its first use (a per-call saving on every request),
     and an earlier test in the same process may have used these.
     """
-    for name, logger_name in (("log", "shared.telemetry"), ("event_log", "events"), ("access_log", "access")):
+    for name, logger_name in (("log", "shared.telemetry"), ("event_log", "events")):
         monkeypatch.setattr(telemetry, name, structlog.get_logger(logger_name))
 
 
@@ -311,79 +298,6 @@ def test_an_endpoint_that_does_not_answer_is_one_warning_not_one_per_batch(monke
         provider.shutdown()
     assert [entry["event"] for entry in logs] == ["cannot export spans; dropping them until it answers"]
     assert logs[0]["endpoint"] == f"{endpoint}/v1/traces"
-
-
-def _access_logged_app(provider: TracerProvider) -> Litestar:
-    @get("/orders/{order_id:str}", sync_to_thread=False)
-    def read(order_id: FromPath[str]) -> dict[str, str]:
-        return {"id": order_id}
-
-    @get("/boom", sync_to_thread=False)
-    def boom() -> None:
-        raise RuntimeError
-
-    @get("/health/live", sync_to_thread=False)
-    def live() -> str:
-        return "ok"
-
-    class SignedIn(ASGIMiddleware):
-        # stands in for shared.auth's middleware: the caller is in scope["user"]
-        async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-            if b"authorization" in dict(scope["headers"]):
-                scope["user"] = SimpleNamespace(id=USER_ID)
-            await next_app(scope, receive, send)
-
-    access_log = AccessLogMiddleware(exclude=("/health",))
-    return Litestar(
-        [read, boom, live],
-        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider, exclude_spans=["send", "receive"]))],
-        middleware=[RouteSpanNameMiddleware(), access_log, SignedIn()],
-        after_exception=[access_log.log_unrouted],
-        logging_config=None,
-    )
-
-
-USER_ID = uuid.UUID("01a23bc4-0000-7000-8000-000000000001")
-
-
-def test_one_access_log_line_per_request_carries_its_route_status_user_and_trace_id() -> None:
-    exported = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exported))
-    app = _access_logged_app(provider)
-    with capture_logs(processors=[add_trace_ids]) as logs, TestClient(app) as client:
-        assert client.get("/orders/42", headers={"Authorization": "Bearer x"}).status_code == 200
-        assert client.get("/orders/43").status_code == 200
-        assert client.get("/boom").status_code == 500
-        assert client.get("/nowhere").status_code == 404
-        assert client.post("/boom").status_code == 405
-        assert client.get("/no%0AGET%20/forged%20200").status_code == 404
-        assert client.get("/health/live").status_code == 200
-        assert client.get("/health/nowhere").status_code == 404
-    lines = [entry for entry in logs if entry.get("route") is not None]
-    unrouted = [entry for entry in logs if "path" in entry]
-    assert [(line["event"], line["status"], line["route"]) for line in unrouted] == [
-        ("GET /nowhere 404", 404, None),
-        ("POST /boom 405", 405, None),
-        ("GET /no\\nGET /forged 200 404", 404, None),  # the client's newline, escaped: no forged line
-    ]
-    assert [(line["method"], line["route"], line["status"], line["user_id"]) for line in lines] == [
-        ("GET", "/orders/{order_id}", 200, str(USER_ID)),
-        ("GET", "/orders/{order_id}", 200, None),
-        ("GET", "/boom", 500, None),
-    ]
-    assert lines[0]["event"].startswith("GET /orders/{order_id} 200 ")
-    server_spans = [span for span in exported.get_finished_spans() if span.kind == SpanKind.SERVER]
-    # each line names the trace of its own request's server span (health has neither span nor line)
-    spans_by_trace = {format(span.context.trace_id, "032x"): span for span in server_spans}
-    assert all(line["trace_id"] in spans_by_trace for line in unrouted)
-    assert [spans_by_trace[line["trace_id"]].name for line in lines] == [
-        "GET /orders/{order_id}",
-        "GET /orders/{order_id}",
-        "GET /boom",
-    ]
-    assert len({line["trace_id"] for line in lines}) == 3
-    assert all(isinstance(line["duration_ms"], float) for line in lines)
 
 
 def test_one_log_line_per_event_published_or_consumed_with_its_trace_id() -> None:

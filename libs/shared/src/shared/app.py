@@ -10,14 +10,13 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy.exc import ProgrammingError
 
 from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_keys, provide_current_user
 from shared.boundary import InputBoundaryMiddleware, security_headers
 from shared.client_address import ClientAddressResolver
 from shared.db import ServiceDatabase, alchemy_config
+from shared.dependency_order import resolve_dependencies_one_at_a_time
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
 from shared.events.permissions import inbox_prefix
@@ -25,9 +24,10 @@ from shared.health import ReadinessCheck, create_health_controller
 from shared.internal_port import Answer, metrics_answer, start_internal_server
 from shared.openapi import StrictStructSchemaPlugin, allow_every_method, document_operations, openapi_config
 from shared.pagination import provide_page_request
+from shared.request_telemetry import RequestTelemetry
 from shared.settings import SettingsError, variable_name
 from shared.strict_json import refuse_loose_json
-from shared.telemetry import AccessLogMiddleware, RouteSpanNameMiddleware, configure_logging, configure_tracing
+from shared.telemetry import configure_logging, configure_tracing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -144,6 +144,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     by route template, bearer-token authentication, the database session and (when configured) NATS.
     """
     settings = app_config.settings
+    resolve_dependencies_one_at_a_time()
     configure_logging(level=settings.log_level, json=settings.log_json)
     configure_tracing(app_config.name)
     alchemy = alchemy_config(
@@ -202,9 +203,6 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         if settings.docs_enabled
         else None
     )
-    prometheus = PrometheusConfig(
-        app_name=app_config.name, prefix=app_config.name, group_path=True, exclude=["/health", "/docs"]
-    )
     cors = (
         CORSConfig(
             allow_origins=list(settings.cors_allow_origins),
@@ -217,7 +215,6 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         else None
     )
 
-    access_log = AccessLogMiddleware(exclude=_UNAUTHENTICATED_PATHS) if settings.access_log else None
     app = Litestar(
         route_handlers=[
             *app_config.route_handlers,
@@ -232,20 +229,13 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
         plugins=[
             SQLAlchemyPlugin(config=alchemy),
             StrictStructSchemaPlugin(),
-            OpenTelemetryPlugin(
-                OpenTelemetryConfig(exclude=list(_UNAUTHENTICATED_PATHS), exclude_spans=["send", "receive"])
-            ),
         ],
         middleware=[
-            RouteSpanNameMiddleware(),
-            *([access_log] if access_log is not None else []),
-            prometheus.middleware,
             # Before authentication: hostile input is refused without verifying a token first.
             InputBoundaryMiddleware(),
             AuthenticationMiddleware(verifier, app_config.token_revocations),
         ],
         exception_handlers=exception_handlers(),
-        after_exception=[access_log.log_unrouted] if access_log is not None else [],
         before_send=[security_headers],
         before_request=refuse_loose_json,
         lifespan=[connections],
@@ -259,4 +249,10 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     )
     document_operations(app)
     allow_every_method(app)
+    # Around everything Litestar does, routing included: a request no route matches is recorded too.
+    # Litestar has no setting for an outermost wrapper (its OpenTelemetry plugin is placed here by a
+    # special case of its own): the app's handler is wrapped once it is built.
+    app.asgi_handler = RequestTelemetry(
+        app.asgi_handler, service=app_config.name, exclude=_UNAUTHENTICATED_PATHS, access_log=settings.access_log
+    )
     return app

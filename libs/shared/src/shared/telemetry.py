@@ -13,14 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
 from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -34,7 +32,6 @@ from opentelemetry.sdk.trace.export import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from litestar.types import ASGIApp, Message, Receive, Scope, Send
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.sampling import Sampler
@@ -43,9 +40,7 @@ if TYPE_CHECKING:
 __all__ = (
     "DEFAULT_OTLP_ENDPOINT",
     "EVENT_OUTCOME_ATTRIBUTE",
-    "AccessLogMiddleware",
     "EventLogProcessor",
-    "RouteSpanNameMiddleware",
     "TracingPlan",
     "add_trace_ids",
     "build_tracer_provider",
@@ -322,90 +317,6 @@ def configure_tracing(service_name: str, environ: Mapping[str, str] | None = Non
     _configured_service = service_name
 
 
-class RouteSpanNameMiddleware(ASGIMiddleware):
-    """Name the server span ``GET /orders/{order_id}``, not the raw path, to keep cardinality low.
-
-    A middleware rather than a ``before_request`` hook, so that answers from guards and
-    authentication (401, 403) are named by their route too.
-    """
-
-    scopes = (ScopeType.HTTP,)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        """Rename the current span, then call the next app."""
-        span = trace.get_current_span()
-        if span.is_recording():
-            template = scope.get("path_template") or scope["path"]
-            span.update_name(f"{scope.get('method', 'GET')} {template}")
-            span.set_attribute("http.route", template)
-        await next_app(scope, receive, send)
-
-
-access_log = structlog.get_logger("access")
-
-
-class AccessLogMiddleware(ASGIMiddleware):
-    """One log line per request, which leads to the request's trace.
-
-    It names the method, route template, status, duration and user id; ``add_trace_ids`` adds the
-    trace id of the request's server span. Placed inside the OpenTelemetry middleware (the server
-    span is current) and outside authentication (the caller is in ``scope["user"]`` once answered).
-
-    A request no route matches (404, or 405 for a method the path lacks) never reaches a route's
-    middleware: register ``log_unrouted`` as the app's ``after_exception`` hook for those.
-    """
-
-    scopes = (ScopeType.HTTP,)
-
-    def __init__(self, exclude: tuple[str, ...] = ()) -> None:
-        self.exclude = exclude
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        """Time the request, remember its status, then write its line."""
-        if scope["path"].startswith(self.exclude):
-            await next_app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the server answers when the app fails before starting a response
-
-        async def remember_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await next_app(scope, receive, remember_status)
-        finally:
-            method = scope.get("method", "GET")
-            route = scope.get("path_template") or scope["path"]
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            user = scope.get("user")
-            access_log.info(
-                f"{method} {route} {status} {duration_ms}ms",
-                method=method,
-                route=route,
-                status=status,
-                duration_ms=duration_ms,
-                user_id=str(user_id) if (user_id := getattr(user, "id", None)) is not None else None,
-            )
-
-    async def log_unrouted(self, error: Exception, scope: Scope) -> None:
-        """``after_exception`` hook: the line of a request that no route matched (its raw path, escaped).
-
-        The hook runs for every exception; a routed request has ``route_handler`` in its scope and
-        gets its line from ``handle``. The duration is not known here (no middleware timed it).
-        """
-        routed = scope.get("route_handler") is not None
-        if routed or scope["type"] != ScopeType.HTTP or scope["path"].startswith(self.exclude):
-            return
-        method = scope.get("method", "GET")
-        # The path is the client's own text: escaped, so a newline cannot forge a line of the log.
-        path = scope["path"][:200].encode("unicode_escape").decode("ascii")
-        status = getattr(error, "status_code", 500)
-        access_log.info(f"{method} {path} {status}", method=method, route=None, path=path, status=status)
-
-
 def add_trace_ids(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
     """Structlog processor: put the current ``trace_id`` and ``span_id`` on every log line."""
     context = trace.get_current_span().get_span_context()
@@ -415,9 +326,22 @@ def add_trace_ids(_logger: WrappedLogger, _method: str, event: EventDict) -> Eve
     return event
 
 
+_line_encoder = msgspec.json.Encoder(enc_hook=repr)
+
+
+def _json_line(event: EventDict, **_options: Any) -> str:
+    """The JSON serializer of structlog's renderer: msgspec, several times cheaper than ``json.dumps`` per line.
+
+    A value JSON has no type for is written as its ``repr``, as structlog's own renderer does.
+    """
+    return _line_encoder.encode(event).decode()
+
+
 def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
     """Structlog for the process: JSON lines with trace ids, or readable lines for a console."""
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=False)
+    if json:
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
