@@ -7,10 +7,12 @@ What runs, all on one freshly made stack under a temporary folder:
   ``<service> api`` processes (granian, ``--interface asgi``, the settings' worker count) and the three
   workers). With ``--tracing off`` or ``both``, a second set of the three APIs on other ports with
   ``OTEL_SDK_DISABLED=true`` (the OpenTelemetry SDK's own switch: its tracer provider hands out
-  no-op tracers, so no span is recorded; the Litestar plugin and its middleware stay in place).
-  "tracing on" is ``just up``'s own setting: every span recorded, none exported (no collector here).
+  no-op tracers, so no span is recorded; shared.request_telemetry stays in place, metrics and
+  access log included). "tracing on" is the prod overlay's sampler (``OTEL_TRACES_*`` read from
+  ``deploy/k8s/overlays/prod``: one trace in ten), the sampled spans exported over OTLP to ``just
+  up``'s local collector as prod exports them to its own.
 * **peer** (``bench/peer.py``): FastAPI + pydantic + SQLAlchemy async ORM session per request +
-  PyJWT, on uvicorn (asyncio loop, httptools), as the guides teach.
+  PyJWT, on uvicorn (uvloop, httptools: FastAPI's standard install), as the guides teach.
 * **ceiling** (``bench/ceiling.py``): a bare ASGI app with raw asyncpg on granian with the project's
   settings.
 
@@ -76,6 +78,17 @@ STOCK = 10**12
 # would turn the sign-in benchmark into 429s. The per-account limit stays as configured.
 USERS_LIMITS = {"USERS_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000", "USERS_REGISTRATION_MAX_PER_ADDRESS": "1000000"}
 TRACING_OFF = {"OTEL_SDK_DISABLED": "true"}
+PROD_OVERLAY = Path(__file__).resolve().parent.parent / "deploy/k8s/overlays/prod/kustomization.yaml"
+
+
+def prod_tracing() -> dict[str, str]:
+    """The sampler the prod overlay sets (its ``OTEL_TRACES_SAMPLER*`` literals, the same for every service)."""
+    found = dict(re.findall(r"^\s*- (OTEL_TRACES_SAMPLER(?:_ARG)?)=(\S+)$", PROD_OVERLAY.read_text(), re.MULTILINE))
+    if "OTEL_TRACES_SAMPLER" not in found:
+        raise RuntimeError(f"{PROD_OVERLAY}: no OTEL_TRACES_SAMPLER")
+    return found
+
+
 STATUSES = (0, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 502, 503, 504)
 
 
@@ -237,7 +250,7 @@ class Bench:
         self.ports = stack_supervisor.StackPorts(**{name: next(ports) for name in names})
         self.extra_ports = {name: next(ports) for name in ("peer", "ceiling")}
         self.untraced_ports = {service: (next(ports), next(ports)) for service in SERVICES}
-        environ = dict(os.environ) | USERS_LIMITS
+        environ = dict(os.environ) | USERS_LIMITS | prod_tracing()
         self.stack = stack_supervisor.DevStack(root / "stack", self.ports, output=log, environ=environ)
         self.stopping = threading.Event()
         self.children: list[subprocess.Popen[bytes]] = []
@@ -300,7 +313,7 @@ class Bench:
                 "--port",
                 str(self.extra_ports["peer"]),
                 "--loop",
-                "asyncio",
+                "uvloop",
                 "--http",
                 "httptools",
                 "--no-access-log",
@@ -706,11 +719,13 @@ def report(bench: Bench, results: dict[str, dict[str, Row]], ping: tuple[Measure
     print(f"  load average at the end: {' '.join(f'{value:.1f}' for value in os.getloadavg())}")
     print(
         "  project: the three APIs as just up starts them (granian, asgi, 1 worker); workers stopped during the"
-        " load; tracing on = just up's setting (spans recorded, none exported)"
+        f" load; tracing on = the prod overlay's sampler ({', '.join(f'{k}={v}' for k, v in prod_tracing().items())}),"
+        " sampled spans exported over OTLP to the local collector"
     )
     if "project, tracing off" in names:
         print("  project, tracing off: the same APIs with OTEL_SDK_DISABLED=true (no-op tracer)")
-    print("  peer: FastAPI + pydantic + SQLAlchemy ORM + PyJWT on uvicorn; ceiling: bare ASGI + asyncpg on granian")
+    print("  peer: FastAPI + pydantic + SQLAlchemy ORM + PyJWT on uvicorn (uvloop)")
+    print("  ceiling: bare ASGI + asyncpg on granian (uvloop, granian's default when installed)")
     print(f"  data: {PRODUCTS} products, {ORDERS_SEEDED} orders and their notifications of one user, made through")
     print("  the project's API; every server reads and writes the same rows of the same Postgres")
     print("  CPU µs/req: the serving processes' /proc CPU time (main + workers) per request;")

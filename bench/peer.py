@@ -3,7 +3,7 @@
 FastAPI with pydantic models, an async SQLAlchemy ORM session per request (``Depends(get_session)``),
 ORM classes declared here over the services' own tables, PyJWT verifying the users service's EdDSA
 access token, and a ``get_current_user`` dependency that loads the caller from the database, served
-by uvicorn (one process, the asyncio loop, httptools). Nothing from the services is imported: this
+by uvicorn (one process, uvloop, httptools). Nothing from the services is imported: this
 is what a team starting from the tutorials would have written. Same Postgres, same tables, same
 rows, same answers (``tests/bench/test_http_peers.py`` compares them with the project's).
 
