@@ -880,6 +880,7 @@ def profile(bench: Bench, generator: LoadGenerator, seeded: Seeded) -> None:
             print(f"    {name}: py-spy wrote nothing ({stderr.decode(errors='replace').strip()[-300:]})")
             continue
         packages: Counter[str] = Counter()
+        functions: Counter[str] = Counter()
         outside_python = 0
         for line in raw.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
@@ -890,9 +891,14 @@ def profile(bench: Bench, generator: LoadGenerator, seeded: Seeded) -> None:
                 outside_python += int(count)
             else:
                 packages[package_of(frames[-1])] += int(count)
+                functions[frames[-1]] += int(count)
         total = sum(packages.values()) or 1
         top = ", ".join(f"{package} {100 * n / total:.0f}%" for package, n in packages.most_common(10))
         print(f"    {name} ({total} samples in Python; {outside_python} with no Python frame left out): {top}")
+        if bench.args.profile_functions:
+            for frame, samples in functions.most_common(bench.args.profile_functions):
+                where = re.sub(r"\(.*/(site-packages|src)/", "(", frame)
+                print(f"      {100 * samples / total:5.1f}%  {where}")
 
 
 ONLY_NAMES = {
@@ -914,6 +920,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up per server (default 5)")
     parser.add_argument("--port-base", type=int, default=None, help="use 100 ports from here (default: free ones)")
     parser.add_argument("--profile", action="store_true", help="py-spy the orders API afterwards, by package")
+    parser.add_argument(
+        "--profile-functions", type=int, default=0, metavar="N", help="with --profile: also the N hottest functions"
+    )
     parser.add_argument("--log", type=Path, default=None, help="the servers' output (default: discarded)")
     parser.add_argument(
         "--only",

@@ -244,9 +244,7 @@ def alchemy_config(database_url: str, *, pool_size: int, null_pool: bool = False
     engine_config = (
         EngineConfig(poolclass=pool.NullPool, hide_parameters=True)
         if null_pool
-        else EngineConfig(
-            pool_size=pool_size, max_overflow=pool_size, pool_recycle=POOL_RECYCLE_SECONDS, hide_parameters=True
-        )
+        else EngineConfig(pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_SECONDS, hide_parameters=True)
     )
     return SQLAlchemyAsyncConfig(
         connection_string=database_url,

@@ -103,7 +103,10 @@ class Worker:
         self.plan = plan
         settings = plan.settings
         self.engine: AsyncEngine = create_async_engine(
-            settings.database_url, pool_size=settings.database_pool_size, pool_recycle=POOL_RECYCLE_SECONDS
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=0,  # as the API's pool: a connection made is kept (shared.settings)
+            pool_recycle=POOL_RECYCLE_SECONDS,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.outbox = plan.outbox
