@@ -10,7 +10,8 @@ What runs, all on one freshly made stack under a temporary folder:
   no-op tracers, so no span is recorded; shared.request_telemetry stays in place, metrics and
   access log included). "tracing on" is the prod overlay's sampler (``OTEL_TRACES_*`` read from
   ``deploy/k8s/overlays/prod``: one trace in ten), the sampled spans exported over OTLP to ``just
-  up``'s local collector as prod exports them to its own.
+  up``'s local collector as prod exports them to its own; every API logs JSON lines, as in a
+  container (``just up``'s readable console lines are for a person).
 * **peer** (``bench/peer.py``): FastAPI + pydantic + SQLAlchemy async ORM session per request +
   PyJWT, on uvicorn (uvloop, httptools: FastAPI's standard install), as the guides teach.
 * **ceiling** (``bench/ceiling.py``): a bare ASGI app with raw asyncpg on granian with the project's
@@ -78,6 +79,7 @@ STOCK = 10**12
 # would turn the sign-in benchmark into 429s. The per-account limit stays as configured.
 USERS_LIMITS = {"USERS_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000", "USERS_REGISTRATION_MAX_PER_ADDRESS": "1000000"}
 TRACING_OFF = {"OTEL_SDK_DISABLED": "true"}
+JSON_LOGS = {f"{service.upper()}_LOG_JSON": "true" for service in SERVICES}
 PROD_OVERLAY = Path(__file__).resolve().parent.parent / "deploy/k8s/overlays/prod/kustomization.yaml"
 
 
@@ -250,7 +252,8 @@ class Bench:
         self.ports = stack_supervisor.StackPorts(**{name: next(ports) for name in names})
         self.extra_ports = {name: next(ports) for name in ("peer", "ceiling")}
         self.untraced_ports = {service: (next(ports), next(ports)) for service in SERVICES}
-        environ = dict(os.environ) | USERS_LIMITS | prod_tracing()
+        # As in a container: the prod overlay's sampler, and logs as JSON lines (just up's are for reading).
+        environ = dict(os.environ) | USERS_LIMITS | prod_tracing() | JSON_LOGS
         self.stack = stack_supervisor.DevStack(root / "stack", self.ports, output=log, environ=environ)
         self.stopping = threading.Event()
         self.children: list[subprocess.Popen[bytes]] = []
@@ -720,7 +723,7 @@ def report(bench: Bench, results: dict[str, dict[str, Row]], ping: tuple[Measure
     print(
         "  project: the three APIs as just up starts them (granian, asgi, 1 worker); workers stopped during the"
         f" load; tracing on = the prod overlay's sampler ({', '.join(f'{k}={v}' for k, v in prod_tracing().items())}),"
-        " sampled spans exported over OTLP to the local collector"
+        " sampled spans exported over OTLP to the local collector; logs as JSON lines, as in a container"
     )
     if "project, tracing off" in names:
         print("  project, tracing off: the same APIs with OTEL_SDK_DISABLED=true (no-op tracer)")

@@ -16,12 +16,12 @@ from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_key
 from shared.boundary import InputBoundaryMiddleware, security_headers
 from shared.client_address import ClientAddressResolver
 from shared.db import ServiceDatabase, alchemy_config
-from shared.dependency_order import resolve_dependencies_one_at_a_time
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
 from shared.events.permissions import inbox_prefix
 from shared.health import ReadinessCheck, create_health_controller
 from shared.internal_port import Answer, metrics_answer, start_internal_server
+from shared.litestar_overrides import apply_litestar_overrides
 from shared.openapi import StrictStructSchemaPlugin, allow_every_method, document_operations, openapi_config
 from shared.pagination import provide_page_request
 from shared.request_telemetry import RequestTelemetry
@@ -144,7 +144,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     by route template, bearer-token authentication, the database session and (when configured) NATS.
     """
     settings = app_config.settings
-    resolve_dependencies_one_at_a_time()
+    apply_litestar_overrides()
     configure_logging(level=settings.log_level, json=settings.log_json)
     configure_tracing(app_config.name)
     alchemy = alchemy_config(

@@ -1,15 +1,18 @@
-"""A request's dependencies run one after another in the request's own task (``shared.dependency_order``)."""
+"""Litestar's per-request steps as ``shared.litestar_overrides`` changes them."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from litestar import Litestar, get
+from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.testing import TestClient
 
-from shared.dependency_order import resolve_dependencies_one_at_a_time
+from shared.litestar_overrides import apply_litestar_overrides
 
 
 def _app(log: list[str]) -> Litestar:
@@ -54,7 +57,7 @@ def _app(log: list[str]) -> Litestar:
 
 
 def test_dependencies_of_one_depth_run_in_the_requests_own_task_and_in_depth_order() -> None:
-    resolve_dependencies_one_at_a_time()
+    apply_litestar_overrides()
     log: list[str] = []
     with TestClient(_app(log)) as client:
         answer = client.get("/").json()
@@ -65,3 +68,31 @@ def test_dependencies_of_one_depth_run_in_the_requests_own_task_and_in_depth_ord
     assert sorted(log[:2]) == ["first", "second"]
     assert log[2] == "combined"  # its dependencies first
     assert refused.status_code == 401  # a dependency's exception is the answer, not a task group's
+
+
+def test_guards_get_the_route_handler_itself_and_still_refuse() -> None:
+    apply_litestar_overrides()
+    seen: list[BaseRouteHandler] = []
+
+    async def remember(_: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        seen.append(handler)
+
+    @get("/guarded", guards=[remember, remember], sync_to_thread=False)
+    def guarded() -> str:
+        return "ok"
+
+    async def refuse(_: ASGIConnection[Any, Any, Any, Any], __: BaseRouteHandler) -> None:
+        raise NotAuthorizedException("no")
+
+    @get("/admins", guards=[refuse], sync_to_thread=False)
+    def admins() -> str:
+        return "ok"
+
+    with TestClient(Litestar([guarded, admins])) as client:
+        assert client.get("/guarded").status_code == 200
+        assert client.get("/guarded").status_code == 200
+        assert client.get("/admins").status_code == 401  # a guard's refusal is still the answer
+    # Litestar's own step hands each guard a fresh copy of the handler
+    assert len(seen) == 4
+    assert all(handler is seen[0] for handler in seen)  # the app's own handler, every time
+    assert seen[0].handler_name == "guarded"
