@@ -1,8 +1,9 @@
-"""shared.db.driver_connection: prebuilt reads on the session's own asyncpg connection.
+"""shared.db.driver_connection: prebuilt reads on an asyncpg connection.
 
-Outside a transaction it begins none (one round trip per read) and leaves the session as it found
-it; inside the caller's transaction it sees the caller's writes; a connection found dead is thrown
-out of the pool, so the next read gets a live one.
+Outside a transaction it takes one from the engine's pool, begins nothing (one round trip per read)
+and leaves the session as it found it; inside the caller's transaction, or for a session bound to a
+connection, it reads on that connection and sees what was written there; a connection found dead is
+thrown out of the pool, so the next read gets a live one.
 """
 
 from __future__ import annotations
@@ -61,6 +62,15 @@ async def test_a_read_inside_the_callers_transaction_sees_its_uncommitted_writes
                 assert await connection.fetchval("SELECT n FROM note") == 7
             assert session.in_transaction()  # the caller's transaction goes on
         assert not session.in_transaction()
+
+
+async def test_a_session_bound_to_a_connection_reads_on_that_connection(engine: AsyncEngine) -> None:
+    async with engine.connect() as bound:
+        await bound.execute(text("CREATE TEMPORARY TABLE kept (n int)"))
+        await bound.execute(text("INSERT INTO kept VALUES (3)"))  # uncommitted: seen on this connection only
+        async with AsyncSession(bind=bound) as session, driver_connection(session) as connection:
+            assert await connection.fetchval("SELECT n FROM kept") == 3
+        await bound.rollback()
 
 
 async def test_a_dead_connection_is_thrown_out_of_the_pool(engine: AsyncEngine) -> None:
