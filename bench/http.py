@@ -11,7 +11,9 @@ What runs, all on one freshly made stack under a temporary folder:
   access log included). "tracing on" is the prod overlay's sampler (``OTEL_TRACES_*`` read from
   ``deploy/k8s/overlays/prod``: one trace in ten), the sampled spans exported over OTLP to ``just
   up``'s local collector as prod exports them to its own; every API logs JSON lines, as in a
-  container (``just up``'s readable console lines are for a person).
+  container (``just up``'s readable console lines are for a person). The services' processes run
+  from an environment of what the images ship (``uv sync --package <service> --no-dev``, no dev or
+  bench group), not from the dev one, whose extra packages some libraries import when present.
 * **peer** (``bench/peer.py``): FastAPI + pydantic + SQLAlchemy async ORM session per request +
   PyJWT, on uvicorn (uvloop, httptools: FastAPI's standard install), as the guides teach.
 * **ceiling** (``bench/ceiling.py``): a bare ASGI app with raw asyncpg on granian with the project's
@@ -242,6 +244,29 @@ def port_plan(base: int | None) -> Iterator[int]:
     yield from range(base, base + 100)
 
 
+def shipped_environment(venv: Path, log: IO[str]) -> Path:
+    """A virtualenv of the three services without the dev and bench groups; its ``bin`` directory.
+
+    The services run from it, not from the dev environment: that one also holds the peer's pydantic,
+    which advanced-alchemy imports when it finds it (6 MB of every API process that no image has).
+    Built as the images' build stage builds theirs (``uv sync --package ... --no-dev --frozen``),
+    from uv's cache: a second or two.
+    """
+    uv = os.environ.get("UV") or shutil.which("uv") or "uv"  # `uv run` names itself in UV
+    env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    env |= {"UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON": sys.executable}
+    packages = [argument for service in SERVICES for argument in ("--package", service)]
+    subprocess.run(  # noqa: S603 - uv, with our own arguments
+        [uv, "sync", "--no-default-groups", *packages, "--frozen", "--quiet"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=log,
+        stderr=log,
+        check=True,
+    )
+    return venv / "bin"
+
+
 class Bench:
     """Every server of the run, started and stopped together."""
 
@@ -254,7 +279,10 @@ class Bench:
         self.untraced_ports = {service: (next(ports), next(ports)) for service in SERVICES}
         # As in a container: the prod overlay's sampler, and logs as JSON lines (just up's are for reading).
         environ = dict(os.environ) | USERS_LIMITS | prod_tracing() | JSON_LOGS
-        self.stack = stack_supervisor.DevStack(root / "stack", self.ports, output=log, environ=environ)
+        self.service_bin = shipped_environment(root / "shipped", log)
+        self.stack = stack_supervisor.DevStack(
+            root / "stack", self.ports, output=log, environ=environ, service_bin=self.service_bin
+        )
         self.stopping = threading.Event()
         self.children: list[subprocess.Popen[bytes]] = []
         self.servers: dict[str, Server] = {}
@@ -281,7 +309,7 @@ class Bench:
             env = self.stack.service_env(service, self.stack.database_url(service)) | TRACING_OFF
             env |= {f"{prefix}_HTTP_PORT": str(port), f"{prefix}_METRICS_PORT": str(metrics)}
             env[stack_supervisor.STACK_MARKER] = str(self.stack.root)
-            command = [str(Path(sys.executable).parent / service), "api"]
+            command = [str(self.service_bin / service), "api"]
             process = stack_supervisor.ServiceProcess(f"{service}-untraced-api", command, env)
             process.start(self.log)
             self.stack.processes.append(process)  # stopped with the stack, APIs first
@@ -721,7 +749,8 @@ def report(bench: Bench, results: dict[str, dict[str, Row]], ping: tuple[Measure
         print("  cores: one core only: servers, k6 and Postgres share it (no pinning)")
     print(f"  load average at the end: {' '.join(f'{value:.1f}' for value in os.getloadavg())}")
     print(
-        "  project: the three APIs as just up starts them (granian, asgi, 1 worker); workers stopped during the"
+        "  project: the three APIs as just up starts them (granian, asgi, 1 worker), from an environment of what"
+        " the images ship (no dev or bench packages); workers stopped during the"
         f" load; tracing on = the prod overlay's sampler ({', '.join(f'{k}={v}' for k, v in prod_tracing().items())}),"
         " sampled spans exported over OTLP to the local collector; logs as JSON lines, as in a container"
     )
@@ -856,7 +885,7 @@ def package_of(frame: str) -> str:
 
 
 def profile(bench: Bench, generator: LoadGenerator, seeded: Seeded) -> None:
-    """py-spy over the project's orders API during GET /orders/{id} and POST /orders: self time by package."""
+    """py-spy over the project's orders API during its three endpoints: self time by package."""
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if py_spy is None:
         print("  no py-spy: no profile")
@@ -865,7 +894,7 @@ def profile(bench: Bench, generator: LoadGenerator, seeded: Seeded) -> None:
     token = sign_in(server.base["users"], seeded.email)
     print()
     print(f"  py-spy profile of the {server.name} orders API (granian main + worker), self time by package:")
-    for name in ("GET /orders/{id}", "POST /orders"):
+    for name in ("GET /products/{id}", "GET /orders/{id}", "POST /orders"):
         endpoint = next((endpoint for endpoint in ENDPOINTS if endpoint.name == name), None)
         if endpoint is None:  # left out by --only
             continue

@@ -11,7 +11,7 @@ from litestar import Litestar, get
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from shared.db import alchemy_config
+from shared.db import service_engine
 from shared.errors import exception_handlers
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ SECRET = "$argon2id$v=19$m=65536,t=3,p=4$c2VjcmV0"
 
 @pytest.fixture
 async def engine(postgres_server: PostgresServer) -> AsyncIterator[AsyncEngine]:
-    engine = alchemy_config(postgres_server.url(), pool_size=1, null_pool=True).get_engine()
+    engine = service_engine(postgres_server.url(), pool_size=1, null_pool=True)
     yield engine
     await engine.dispose()
 

@@ -6,16 +6,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.types import Message, Scope
 from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_keys, provide_current_user
 from shared.boundary import InputBoundaryMiddleware, security_headers
 from shared.client_address import ClientAddressResolver
-from shared.db import ServiceDatabase, alchemy_config
+from shared.db import RequestSessions, ServiceDatabase, service_engine
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
 from shared.events.permissions import inbox_prefix
@@ -32,7 +33,6 @@ from shared.telemetry import configure_logging, configure_tracing
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-    from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
     from litestar.types import ControllerRouterHandler
 
     from shared.revocations import TokenRevocations
@@ -73,7 +73,7 @@ class ServiceApp:
     description: str = ""
     """A paragraph for the OpenAPI document."""
     dependencies: Mapping[str, Provide] = field(default_factory=dict)
-    """Dependencies the service's handlers need beyond ``db_session`` and ``user``."""
+    """Dependencies the service's handlers need beyond ``db_session``, ``db_engine`` and ``user``."""
     token_verifier: TokenVerifier | None = None
     """How access tokens are checked; by default built from the settings."""
     on_startup: Sequence[Callable[..., Any]] = ()
@@ -101,15 +101,13 @@ def verifier_from_settings(settings: ServiceSettings, audience: str) -> TokenVer
     )
 
 
-def _readiness_checks(
-    app_config: ServiceApp, alchemy: SQLAlchemyAsyncConfig, state: dict[str, Any]
-) -> dict[str, ReadinessCheck]:
+def _readiness_checks(app_config: ServiceApp, engine: AsyncEngine, state: dict[str, Any]) -> dict[str, ReadinessCheck]:
     database = app_config.database
     head = database.head()
     known = database.revisions()
 
     async def database_check() -> str | None:
-        async with alchemy.get_engine().connect() as connection:
+        async with engine.connect() as connection:
             try:
                 current = await connection.scalar(database.version_query())
             except ProgrammingError:  # no version table: never migrated
@@ -147,9 +145,10 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     apply_litestar_overrides()
     configure_logging(level=settings.log_level, json=settings.log_json)
     configure_tracing(app_config.name)
-    alchemy = alchemy_config(
+    engine = service_engine(
         settings.database_url, pool_size=settings.database_pool_size, null_pool=app_config.null_pool
     )
+    sessions = RequestSessions(engine)
     verifier = app_config.token_verifier or verifier_from_settings(settings, app_config.name)
     client_addresses = ClientAddressResolver(settings.trusted_proxies, header=settings.forwarded_header)
     runtime: dict[str, Any] = {}
@@ -177,7 +176,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                 )
                 runtime["nats"] = app.state.nats = connection
             if app_config.token_revocations is not None:
-                await app_config.token_revocations.start(alchemy.get_engine())
+                await app_config.token_revocations.start(engine)
             yield
         finally:
             if app_config.token_revocations is not None:
@@ -187,9 +186,7 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                 await metrics_server.wait_closed()
             if "nats" in runtime:
                 await runtime.pop("nats").drain()
-            # advanced-alchemy renames its state keys when a process builds a second app (tests do)
-            # and then skips disposing the engine: dispose it here, whatever the keys.
-            await alchemy.get_engine().dispose()
+            await engine.dispose()
 
     openapi = (
         openapi_config(
@@ -218,25 +215,30 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     app = Litestar(
         route_handlers=[
             *app_config.route_handlers,
-            create_health_controller(_readiness_checks(app_config, alchemy, runtime)),
+            create_health_controller(_readiness_checks(app_config, engine, runtime)),
         ],
         dependencies={
             "user": Provide(provide_current_user),
             "client_address": Provide(client_addresses.of, sync_to_thread=False),
             "page": Provide(provide_page_request, sync_to_thread=False),
+            "db_session": Provide(sessions.provide, sync_to_thread=False),
+            "db_engine": Provide(sessions.provide_engine, sync_to_thread=False, use_cache=True),
             **app_config.dependencies,
         },
-        plugins=[
-            SQLAlchemyPlugin(config=alchemy),
-            StrictStructSchemaPlugin(),
-        ],
+        plugins=[StrictStructSchemaPlugin()],
+        signature_namespace={
+            "AsyncEngine": AsyncEngine,
+            "AsyncSession": AsyncSession,
+            "Scope": Scope,
+            "Message": Message,
+        },
         middleware=[
             # Before authentication: hostile input is refused without verifying a token first.
             InputBoundaryMiddleware(),
             AuthenticationMiddleware(verifier, app_config.token_revocations),
         ],
         exception_handlers=exception_handlers(),
-        before_send=[security_headers],
+        before_send=[sessions.close, security_headers],
         before_request=refuse_loose_json,
         lifespan=[connections],
         on_startup=list(app_config.on_startup),

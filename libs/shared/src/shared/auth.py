@@ -13,7 +13,6 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-import httpx
 import jwt
 import msgspec
 import structlog
@@ -278,6 +277,10 @@ class TokenVerifier:
         if time.monotonic() - self._jwks_fetched_at < self._jwks_refresh_interval:
             return
         self._jwks_fetched_at = time.monotonic()
+        # Imported here: the manifests mount public keys, so most API processes never need httpx
+        # (4 MB of memory, with its CLI's imports).
+        import httpx
+
         try:
             async with httpx.AsyncClient(timeout=5.0) as client:
                 response = await client.get(self._jwks_url)

@@ -7,7 +7,9 @@ only that schema. Migrations run as their own step (``<service> migrate``), neve
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib.resources
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -15,24 +17,17 @@ import asyncpg
 import asyncpg.exceptions
 import sqlalchemy.exc
 from advanced_alchemy.base import create_registry
-from advanced_alchemy.extensions.litestar import (
-    AsyncSessionConfig,
-    EngineConfig,
-    SQLAlchemyAsyncConfig,
-)
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import registry as orm_registry
 from sqlalchemy.util import greenlet_spawn
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from alembic.config import Config as AlembicConfig
+    from litestar.types import Message, Scope
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.sql.elements import TextClause
@@ -47,8 +42,9 @@ __all__ = (
     "is_database_unavailable",
     "unit_of_work",
     "VERSION_TABLE",
+    "RequestSessions",
     "ServiceDatabase",
-    "alchemy_config",
+    "service_engine",
     "migration_engine",
     "provision_service_role",
     "run_migrations_env",
@@ -233,27 +229,66 @@ per pooled connection.
 """
 
 
-def alchemy_config(database_url: str, *, pool_size: int, null_pool: bool = False) -> SQLAlchemyAsyncConfig:
-    """advanced-alchemy's Litestar config for a service.
+def service_engine(database_url: str, *, pool_size: int, null_pool: bool = False) -> AsyncEngine:
+    """The engine of a service's API or worker process: one pool, every connection it opens kept.
 
-    Sessions never commit on their own: a service commits explicitly before it answers, so a
-    failed commit is an error the client sees, not a 201 for data that was never saved.
+    ``pool_size`` is the most connections the process holds (no overflow: an overflow connection
+    is closed on return and made again, a new TCP and SCRAM handshake every few requests under load).
+    ``null_pool`` opens a connection per checkout instead (tests that run an app on another loop).
     """
     # hide_parameters: SQLAlchemy otherwise writes bound values (password hashes, emails) into
     # every database error's message, and so into logs.
-    engine_config = (
-        EngineConfig(poolclass=pool.NullPool, hide_parameters=True)
-        if null_pool
-        else EngineConfig(pool_size=pool_size, max_overflow=0, pool_recycle=POOL_RECYCLE_SECONDS, hide_parameters=True)
+    if null_pool:
+        return create_async_engine(database_url, poolclass=pool.NullPool, hide_parameters=True)
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_recycle=POOL_RECYCLE_SECONDS,
+        hide_parameters=True,
     )
-    return SQLAlchemyAsyncConfig(
-        connection_string=database_url,
-        engine_config=engine_config,
-        session_config=AsyncSessionConfig(expire_on_commit=False),
-        before_send_handler=None,
-        create_all=False,
-        set_default_exception_handler=False,
-    )
+
+
+class RequestSessions:
+    """One ``AsyncSession`` per HTTP request, closed before the answer's first byte goes out.
+
+    The API's ``db_session`` dependency (``provide``), its ``db_engine`` (``provide_engine``) and its
+    ``before_send`` hook (``close``).
+    Sessions never commit on their own: a service commits inside ``unit_of_work`` before it
+    answers, so a failed commit is an error the client sees, not a 201 for data never saved; and
+    they do not expire what they committed, so an answer is built without a second read.
+
+    In place of advanced-alchemy's Litestar plugin, which does the same but brings Litestar's CLI,
+    rich and Alembic into every API process (about 12 MB of its memory) for commands the API
+    never runs, and closes every session, used or not.
+    """
+
+    SCOPE_KEY: Final = "relay.db_session"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.factory = async_sessionmaker(engine, expire_on_commit=False)
+
+    def provide(self, scope: Scope) -> AsyncSession:
+        """The request's session (made on first use, the same one for every dependency after)."""
+        state = scope["state"]
+        session = cast("AsyncSession | None", state.get(self.SCOPE_KEY))
+        if session is None:
+            session = state[self.SCOPE_KEY] = self.factory()
+        return session
+
+    def provide_engine(self) -> AsyncEngine:
+        """The process's engine (``db_engine``), for what outlives a request (notify's live feed)."""
+        return self.engine
+
+    async def close(self, message: Message, scope: Scope) -> None:
+        """Give the request's connection back as its answer starts (``before_send``)."""
+        if message["type"] != "http.response.start":
+            return
+        session = cast("AsyncSession | None", scope["state"].pop(self.SCOPE_KEY, None))
+        # A session outside a transaction holds no connection; its identity map is garbage with it.
+        if session is not None and (session.in_transaction() or session.identity_map):
+            await session.close()
 
 
 class ServiceDatabase:
@@ -273,6 +308,8 @@ class ServiceDatabase:
 
     def alembic_config(self, database_url: str) -> AlembicConfig:
         """An Alembic configuration built in code: no ``alembic.ini`` to ship or keep in sync."""
+        from alembic.config import Config as AlembicConfig
+
         config = AlembicConfig()
         config.set_main_option("script_location", self.migrations)
         config.set_main_option("path_separator", "os")
@@ -282,19 +319,50 @@ class ServiceDatabase:
 
     def head(self) -> str | None:
         """The newest revision of the service's migration scripts."""
-        return ScriptDirectory.from_config(self.alembic_config("postgresql://")).get_current_head()
+        revisions = self._revision_links()
+        heads = set(revisions) - set(revisions.values())
+        if len(heads) > 1:
+            raise RuntimeError(f"{self.migrations} has {len(heads)} heads: {sorted(heads)}")
+        return heads.pop() if heads else None
 
     def revisions(self) -> frozenset[str]:
         """Every revision this code knows. A schema at a revision outside it is newer than this code."""
-        scripts = ScriptDirectory.from_config(self.alembic_config("postgresql://"))
-        return frozenset(script.revision for script in scripts.walk_revisions())
+        return frozenset(self._revision_links())
+
+    def _revision_links(self) -> dict[str, str | None]:
+        """Each script's ``revision`` and its ``down_revision``, read from the source, not imported.
+
+        The API reads these for its readiness check: parsing the literals keeps Alembic (and the
+        scripts' imports) out of its memory. Alembic's own reading agrees (tests/*/test_operations).
+        """
+        links: dict[str, str | None] = {}
+        versions = importlib.resources.files(self.migrations.replace(":", ".")) / "versions"
+        for script in versions.iterdir():
+            if not script.name.endswith(".py") or script.name.startswith("_"):
+                continue
+            values: dict[str, object] = {}
+            for node in ast.parse(script.read_text(encoding="utf-8")).body:
+                if isinstance(node, ast.AnnAssign | ast.Assign):
+                    targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+                    names = [target.id for target in targets if isinstance(target, ast.Name)]
+                    if node.value is not None and {"revision", "down_revision"} & set(names):
+                        values[names[0]] = ast.literal_eval(node.value)
+            revision, down = values.get("revision"), values.get("down_revision")
+            if not isinstance(revision, str) or not (down is None or isinstance(down, str)):
+                raise RuntimeError(f"{script.name}: expected literal revision and single down_revision")
+            links[revision] = down
+        return links
 
     def upgrade(self, database_url: str, revision: str = "head") -> None:
         """Run migrations up to ``revision``. Synchronous: from async code, call it in a thread."""
+        from alembic import command
+
         command.upgrade(self.alembic_config(database_url), revision)
 
     def revision(self, database_url: str, message: str) -> None:
         """Autogenerate a new migration script from the difference between models and database."""
+        from alembic import command
+
         command.revision(self.alembic_config(database_url), message=message, autogenerate=True)
 
     def version_query(self) -> TextClause:
@@ -307,12 +375,15 @@ class ServiceDatabase:
             return await connection.run_sync(self._current_revision_sync)
 
     def _current_revision_sync(self, connection: Connection) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
         context = MigrationContext.configure(connection, opts={"version_table_schema": self.schema})
         return context.get_current_revision()
 
     async def differences(self, database_url: str) -> list[Any]:
         """What autogenerate would write for the models against this database (empty when in step)."""
         from alembic.autogenerate import compare_metadata
+        from alembic.runtime.migration import MigrationContext
 
         def compare(connection: Connection) -> list[Any]:
             context = MigrationContext.configure(connection, opts=self._context_options())

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from shared.db import POOL_RECYCLE_SECONDS
+from shared.db import service_engine
 from shared.events.connection import NatsConfigurationError, connect_nats, parse_servers
 from shared.events.consumer import EventConsumer
 from shared.events.metrics import start_consumer_series, start_outbox_series
@@ -102,12 +102,8 @@ class Worker:
     def __init__(self, plan: WorkerPlan) -> None:
         self.plan = plan
         settings = plan.settings
-        self.engine: AsyncEngine = create_async_engine(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            max_overflow=0,  # as the API's pool: a connection made is kept (shared.settings)
-            pool_recycle=POOL_RECYCLE_SECONDS,
-        )
+        # The API's engine settings, hide_parameters too: a worker's database errors are logged.
+        self.engine: AsyncEngine = service_engine(settings.database_url, pool_size=settings.database_pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.outbox = plan.outbox
         self.nats: NatsClient | None = None

@@ -357,8 +357,11 @@ class DevStack:
         environ: dict[str, str] | None = None,
         *,
         quiet: bool = False,
+        service_bin: Path | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.service_bin = service_bin or Path(sys.executable).parent
+        """Where the services' console scripts are (bench/http.py: an environment holding only what ships)."""
         self.ports = ports
         self.output = output
         self.environ = dict(os.environ) if environ is None else environ
@@ -564,7 +567,6 @@ class DevStack:
         if not self._wait(servers, stopping, 60.0):
             return False
         urls = asyncio.run(self._provision())
-        bin_dir = Path(sys.executable).parent
         self.say(f"migrating {', '.join(self.services)}")
         # one process runs every service's own `migrate`: the libraries are imported once, not three times
         migration = ServiceProcess(
@@ -582,7 +584,7 @@ class DevStack:
         for service in self.services:
             env = self.service_env(service, urls[service]) | {STACK_MARKER: str(self.root)}
             for role, port in (("api", self.ports.api(service)), ("worker", self.ports.worker(service))):
-                process = ServiceProcess(f"{service}-{role}", [str(bin_dir / service), role], env)
+                process = ServiceProcess(f"{service}-{role}", [str(self.service_bin / service), role], env)
                 process.start(self.output)
                 self.processes.append(process)
                 waiting[process.name] = _answers_ready(process, f"http://127.0.0.1:{port}/health/ready")
