@@ -245,7 +245,7 @@ async def benchmark(postgres: PostgresServer, *, reads: int, concurrency: int, o
     try:
         rng = random.Random(20240601)  # noqa: S311 - reproducible data, not secrets
         order_ids = await seed(engine, orders=orders, rng=rng)
-        # The app's sessions never expire on commit (shared.db.alchemy_config); reads do not commit anyway.
+        # The app's sessions never expire on commit (shared.db.RequestSessions); reads do not commit anyway.
         bench = Bench(
             sessions=async_sessionmaker(engine, expire_on_commit=False),
             settings=OrdersSettings(database_url=url),
