@@ -98,8 +98,15 @@ def _eventually_ready(url: str, also: object, within: float = 60.0) -> bool:
     return False
 
 
-def _stack_ports() -> StackPorts:
-    return StackPorts(**{name: free_port() for name in StackPorts.names()})
+def _stack_ports(*, besides: int | None = None) -> StackPorts:
+    """Free ports, all different: two free_port() calls may be handed the same one (and ``besides``)."""
+    chosen: dict[str, int] = {}
+    for name in StackPorts.names():
+        port = free_port()
+        while port in chosen.values() or port == besides:
+            port = free_port()
+        chosen[name] = port
+    return StackPorts(**chosen)
 
 
 def _port_env(ports: StackPorts) -> dict[str, str]:
@@ -133,7 +140,7 @@ def granian_like_listener() -> Iterator[socket.socket]:
 @pytest.mark.parametrize("name", list(StackPorts.names()))
 def test_every_taken_port_is_refused_by_name(name: str, granian_like_listener: socket.socket) -> None:
     taken = granian_like_listener.getsockname()[1]
-    ports = StackPorts(**(_stack_ports().named() | {name: taken}))
+    ports = StackPorts(**(_stack_ports(besides=taken).named() | {name: taken}))
     with pytest.raises(StartupError) as refused:
         check_ports(ports)
     message = str(refused.value)
@@ -158,7 +165,7 @@ def test_up_with_a_taken_port_says_so_in_one_line_and_starts_nothing(
     tmp_path: Path, granian_like_listener: socket.socket
 ) -> None:
     taken = granian_like_listener.getsockname()[1]
-    ports = StackPorts(**(_stack_ports().named() | {"orders": taken}))
+    ports = StackPorts(**(_stack_ports(besides=taken).named() | {"orders": taken}))
     done = _run_up(tmp_path / "data", ports)
     assert done.returncode != 0
     assert done.stderr.splitlines() == [
