@@ -5,6 +5,8 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.orders.helpers import Tokens, add_product, answer, count_orders, outbox_types, place, stock_of
 
@@ -149,6 +151,27 @@ async def test_keys_belong_to_one_user(client: httpx.AsyncClient, tokens: Tokens
     second = await place(client, tokens.customer(), [(product["id"], 1)], key="same")
     assert first.json()["id"] != second.json()["id"]
     assert await count_orders(orders_database) == 2
+
+
+async def test_an_expired_key_places_a_new_order_and_replays_that_one(
+    client: httpx.AsyncClient, tokens: Tokens, orders_database: str
+) -> None:
+    product = await add_product(client, tokens, sku="EXPIRED-KEY", stock=10)
+    customer = tokens.customer()
+    first = answer(await place(client, customer, [(product["id"], 1)], key="old"), 201)
+    engine = create_async_engine(orders_database)
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE orders.idempotency_key SET expires_at = now() - interval '1 second'"))
+    await engine.dispose()
+    # the expired key is taken over: another body is a new order, not a 422 ...
+    second = await place(client, customer, [(product["id"], 2)], key="old")
+    assert second.status_code == 201, second.text
+    assert second.json()["id"] != first["id"]
+    # ... whose answer the key now keeps for replays
+    replay = await place(client, customer, [(product["id"], 2)], key="old")
+    assert (replay.status_code, replay.headers.get("idempotent-replayed")) == (201, "true"), replay.text
+    assert replay.json() == second.json()
+    assert await stock_of(orders_database, product["id"]) == 7
 
 
 async def test_failed_order_does_not_burn_its_key(client: httpx.AsyncClient, tokens: Tokens) -> None:

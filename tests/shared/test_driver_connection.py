@@ -1,13 +1,19 @@
-"""shared.db.driver_connection: prebuilt reads on an asyncpg connection.
+"""shared.db.driver_connection and begun_driver_connection: prebuilt SQL on an asyncpg connection.
 
-Outside a transaction it takes one from the engine's pool, begins nothing (one round trip per read)
-and leaves the session as it found it; inside the caller's transaction, or for a session bound to a
-connection, it reads on that connection and sees what was written there; a connection found dead is
-thrown out of the pool, so the next read gets a live one.
+driver_connection, for reads: outside a transaction it takes one from the engine's pool, begins
+nothing (one round trip per read) and leaves the session as it found it; inside the caller's
+transaction, or for a session bound to a connection, it reads on that connection and sees what was
+written there; a connection found dead is thrown out of the pool, so the next read gets a live one.
+
+begun_driver_connection, for writes: none until the session's transaction has begun in Postgres
+(a statement sent before it would run outside any transaction); after that, the transaction's own
+connection, whose statements commit and roll back with the session's and run after its pending
+ORM changes.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,7 +23,8 @@ from sqlalchemy.pool import NullPool
 
 from devtools.testing import prepare_service_database
 from orders.app import DATABASE
-from shared.db import driver_connection, is_database_unavailable, unit_of_work
+from orders.models import KnownUser
+from shared.db import begun_driver_connection, driver_connection, is_database_unavailable, unit_of_work
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -92,3 +99,51 @@ async def test_a_dead_connection_is_thrown_out_of_the_pool(engine: AsyncEngine) 
         assert is_database_unavailable(failure.value)
     async with AsyncSession(engine) as session, driver_connection(session) as connection:
         assert await connection.fetchval("SELECT pg_backend_pid()") != backend
+
+
+async def test_no_begun_connection_before_the_transactions_first_statement(engine: AsyncEngine) -> None:
+    async with AsyncSession(engine) as session:
+        assert await begun_driver_connection(session) is None  # no transaction at all
+        async with session.begin():
+            # SQLAlchemy's transaction is open, but Postgres has seen no BEGIN: a lock taken on
+            # the driver now would be released as its statement ends
+            assert await begun_driver_connection(session) is None
+            await session.execute(text("SELECT 1"))
+            driver = await begun_driver_connection(session)
+            assert driver is not None
+            assert driver.is_in_transaction()
+
+
+async def test_statements_on_the_begun_connection_commit_and_roll_back_with_the_session(engine: AsyncEngine) -> None:
+    async with AsyncSession(engine) as session:
+        await session.execute(text("CREATE TEMPORARY TABLE ledger (n int)"))
+        await session.commit()
+        for n, outcome in ((1, "commit"), (2, "rollback")):
+            async with session.begin() as transaction:
+                await session.execute(text("SELECT 1"))
+                driver = await begun_driver_connection(session)
+                assert driver is not None
+                await driver.execute("INSERT INTO ledger VALUES ($1)", n)
+                if outcome == "rollback":
+                    await transaction.rollback()
+        assert (await session.execute(text("SELECT array_agg(n) FROM ledger"))).scalar() == [1]
+        await session.rollback()
+        # a later transaction gets the connection it runs on, not one remembered from before
+        async with session.begin():
+            await session.execute(text("SELECT 1"))
+            driver = await begun_driver_connection(session)
+            assert driver is not None
+            assert await driver.fetchval("SELECT count(*) FROM ledger") == 1
+
+
+async def test_pending_orm_changes_are_flushed_before_a_statement_on_the_begun_connection(
+    engine: AsyncEngine,
+) -> None:
+    user_id = uuid.uuid4()
+    async with AsyncSession(engine) as session:
+        await session.execute(text("SELECT 1"))
+        session.add(KnownUser(user_id=user_id, is_active=True, sequence=0))
+        driver = await begun_driver_connection(session)
+        assert driver is not None
+        assert await driver.fetchval("SELECT is_active FROM orders.known_user WHERE user_id = $1", user_id)
+        await session.rollback()  # nothing of it stays

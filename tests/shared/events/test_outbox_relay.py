@@ -3,11 +3,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from devtools.testing import eventually
-from shared.events.contracts import decode_event
+from shared.events.contracts import decode_event, encode_event
 from shared.events.outbox import Outbox, OutboxRelay
 from shared.events.streams import ensure_streams
 from tests.shared.events.helpers import TABLES, add_events, registered, unpublished
@@ -37,6 +39,37 @@ async def test_event_commits_with_its_change_and_vanishes_with_a_rollback(
         await lab_outbox.add(session, registered(), sequence=1)
         await session.rollback()  # the change failed
     assert await unpublished(lab_engine) == 1
+
+
+async def test_an_event_added_first_or_after_other_statements_is_stored_alike(
+    lab_sessions: async_sessionmaker[AsyncSession], lab_outbox: Outbox, lab_engine: AsyncEngine
+) -> None:
+    # The transaction's first statement goes through the session (it sends BEGIN); a later one on
+    # the transaction's own asyncpg connection. Both rows must read the same, trace context included.
+    caller = trace.SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=True, trace_flags=trace.TraceFlags(1))
+    token = otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(caller)))
+    try:
+        async with lab_sessions() as session, session.begin():
+            first = await lab_outbox.add(session, registered(1), sequence=1)
+            later = await lab_outbox.add(session, registered(2), sequence=1)
+        async with lab_sessions() as session:
+            await session.execute(text("SELECT 1"))
+            await lab_outbox.add(session, registered(3), sequence=1)
+            await session.rollback()  # the one sent on the connection goes with the transaction
+    finally:
+        otel_context.detach(token)
+    outbox = TABLES.outbox
+    async with lab_engine.connect() as connection:
+        rows = {
+            str(row.id): row
+            for row in await connection.execute(select(outbox.c.id, outbox.c.subject, outbox.c.body, outbox.c.headers))
+        }
+    assert rows.keys() == {first.id, later.id}
+    for envelope in (first, later):
+        row = rows[envelope.id]
+        assert row.subject == envelope.type
+        assert row.body == encode_event(envelope)
+        assert row.headers == {"traceparent": f"00-{0xABC:032x}-{0xDEF:016x}-01"}
 
 
 async def test_relay_publishes_with_the_event_id_as_message_id(

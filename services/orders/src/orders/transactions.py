@@ -20,6 +20,7 @@ import functools
 import random
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
 
+import asyncpg
 import structlog
 from prometheus_client import Counter
 from sqlalchemy.exc import DBAPIError
@@ -72,7 +73,7 @@ def retry_transient(
         while True:
             try:
                 return await method(self, *args, **kwargs)
-            except DBAPIError as error:
+            except (DBAPIError, asyncpg.PostgresError) as error:  # through the session, or sent raw
                 state = transient_sqlstate(error)
                 if state is None or attempt >= ATTEMPTS:
                     raise

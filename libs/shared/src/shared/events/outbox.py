@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import datetime
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import msgspec
 import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import NoStreamResponseError
@@ -24,6 +26,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.engine import make_url
 
+from shared.db import begun_driver_connection
 from shared.events.contracts import encode_event, new_envelope
 from shared.events.metrics import (
     OUTBOX_BACKLOG,
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ("Outbox", "OutboxRelay", "OutboxStatus", "messaging_attributes", "outbox_status")
 
 log = structlog.get_logger("shared.events.relay")
+_headers_json = msgspec.json.Encoder()
 tracer = trace.get_tracer("shared.events")
 
 
@@ -75,6 +79,12 @@ class Outbox:
             )
             .returning(func.pg_notify(tables.notify_channel, literal("")))
         )
+        # The same statement for the transaction's asyncpg connection, once it has begun in Postgres
+        # (a write path adds its event after its own statements): no statement machinery per event.
+        self._insert_sql = (
+            f"INSERT INTO {outbox.schema}.{outbox.name} (id, subject, body, headers)"
+            " VALUES ($1, $2, $3, $4::jsonb) RETURNING pg_notify($5, '')"
+        )
 
     async def add(self, session: AsyncSession, payload: EventPayload, *, sequence: int) -> Envelope:
         """Add ``payload`` as an event of the current transaction; it leaves only if that commits.
@@ -90,10 +100,21 @@ class Outbox:
         envelope = new_envelope(payload, source=self.source, sequence=sequence)
         headers: dict[str, str] = {}
         propagate.inject(headers)
-        await session.execute(
-            self._insert,
-            {"id": envelope.id, "subject": envelope.type, "body": encode_event(envelope), "headers": headers},
-        )
+        body = encode_event(envelope)
+        driver = await begun_driver_connection(session)
+        if driver is None:  # the transaction's first statement: the session sends its BEGIN
+            await session.execute(
+                self._insert, {"id": envelope.id, "subject": envelope.type, "body": body, "headers": headers}
+            )
+        else:
+            await driver.execute(
+                self._insert_sql,
+                uuid.UUID(envelope.id),
+                envelope.type,
+                body,
+                _headers_json.encode(headers).decode(),
+                self.tables.notify_channel,
+            )
         return envelope
 
 
