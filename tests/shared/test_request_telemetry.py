@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -19,11 +20,16 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from orders.app import create_app
+from orders.settings import OrdersSettings
 from shared import request_telemetry
+from shared.auth import AccessTokenSigner, generate_private_key_pem
 from shared.request_telemetry import UNMATCHED_ROUTE, RequestTelemetry
-from shared.telemetry import add_trace_ids
+from shared.telemetry import JsonInfoLines, add_trace_ids, configure_logging
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from litestar.types import ASGIApp, Receive, Scope, Send
 
 USER_ID = uuid.UUID("01a23bc4-0000-7000-8000-000000000001")
@@ -35,6 +41,14 @@ REMOTE_SPAN = "00f067aa0ba902b7"
 def uncached_access_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fresh logger for ``capture_logs``: ``configure_logging`` caches a logger at its first use."""
     monkeypatch.setattr(request_telemetry, "access_log", structlog.get_logger("access"))
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The logging configuration as it was before the test (which configures its own)."""
+    previous = structlog.get_config()
+    yield
+    structlog.configure(**previous)
 
 
 def _recorded_app(provider: TracerProvider, service: str) -> Litestar:
@@ -190,3 +204,44 @@ def test_a_request_the_sampler_drops_still_gets_its_metrics_and_line() -> None:
     assert [line["route"] for line in logs] == ["/orders/{order_id}"]
     labels = {"method": "GET", "path": "/orders/{order_id}", "status_code": "200", "app_name": service}
     assert _sample(f"{service}_requests_total", labels) == 1
+
+
+@pytest.mark.parametrize(
+    ("log_json", "level", "fast"), [(True, "INFO", True), (False, "INFO", False), (True, "WARNING", False)]
+)
+def test_a_service_writes_its_access_lines_without_structlogs_chain_where_they_are_json_info(
+    log_json: bool, level: str, fast: bool
+) -> None:
+    settings = OrdersSettings(
+        database_url="postgresql+asyncpg://nobody@127.0.0.1:1/none",  # never connected: the app is only built
+        jwt_public_keys=AccessTokenSigner(
+            generate_private_key_pem(), issuer="users", audiences=["orders"], ttl_seconds=60
+        ).public_key_pem(),
+        log_json=log_json,
+        log_level=level,
+    )
+    previous = structlog.get_config()
+    try:
+        telemetry = create_app(settings).asgi_handler
+    finally:
+        structlog.configure(**previous)
+    assert isinstance(telemetry, RequestTelemetry)
+    assert isinstance(telemetry.access_logger, JsonInfoLines) is fast
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_json_info_lines_write_each_requests_access_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(level="INFO", json=True)
+    provider, _ = _provider()
+    app = _recorded_app(provider, _service())
+    assert isinstance(app.asgi_handler, RequestTelemetry)
+    app.asgi_handler.access_logger = JsonInfoLines(fallback=request_telemetry.access_log)
+    with TestClient(app) as client:
+        client.get("/orders/42", headers={"Authorization": "Bearer x"})
+        client.get("/nowhere%0Aforged")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    read, missing = [line for line in lines if line.get("status") in (200, 404)]
+    assert (read["route"], read["user_id"]) == ("/orders/{order_id}", str(USER_ID))
+    assert read["event"] == f"GET /orders/{{order_id}} 200 {read['duration_ms']}ms"
+    assert len(read["trace_id"]) == 32
+    assert (missing["route"], missing["path"]) == (None, "/nowhere\\nforged")  # escaped: no forged line

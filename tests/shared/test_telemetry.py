@@ -370,3 +370,40 @@ def test_no_event_lines_unless_asked() -> None:
     with capture_logs() as logs, provider.get_tracer("t").start_as_current_span("send x", kind=SpanKind.PRODUCER):
         pass
     assert logs == []
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The logging configuration as it was before the test (which configures its own)."""
+    previous = structlog.get_config()
+    yield
+    structlog.configure(**previous)
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_json_info_lines_are_the_lines_structlog_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    telemetry.configure_logging(level="INFO", json=True)  # here: a fixture's stderr is not the test's
+    fields = {"method": "GET", "route": "/orders/{order_id:uuid}", "status": 200, "duration_ms": 1.5, "user_id": None}
+    lines = telemetry.JsonInfoLines(fallback=structlog.get_logger("access"))
+    provider = build_tracer_provider(tracing_plan("orders", {}))
+    assert provider is not None
+    with provider.get_tracer("t").start_as_current_span("GET /orders/{order_id:uuid}"):
+        structlog.get_logger("access").info("GET /orders/{order_id:uuid} 200 1.5ms", **fields)
+        lines.info("GET /orders/{order_id:uuid} 200 1.5ms", **fields)
+    with structlog.contextvars.bound_contextvars(request_id="r-1"):  # bound context: merged, as structlog does
+        lines.info("GET / 404 0.1ms", status=404)
+    written = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(written) == 3
+    by_structlog, by_lines, with_context = written
+    assert list(by_lines) == list(by_structlog)  # the same keys, in the same order
+    assert by_structlog.pop("timestamp")[:10] == by_lines.pop("timestamp")[:10]
+    assert by_lines == by_structlog
+    assert {"trace_id", "span_id", "event", "level"} <= by_lines.keys()
+    assert (with_context["request_id"], with_context["status"]) == ("r-1", 404)
+
+
+def test_json_info_lines_only_where_info_lines_are_json() -> None:
+    assert telemetry.logs_json_info(level="INFO", json=True)
+    assert telemetry.logs_json_info(level="debug", json=True)
+    assert not telemetry.logs_json_info(level="WARNING", json=True)  # INFO lines are dropped there
+    assert not telemetry.logs_json_info(level="INFO", json=False)  # console lines

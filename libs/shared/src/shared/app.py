@@ -25,10 +25,10 @@ from shared.internal_port import Answer, metrics_answer, start_internal_server
 from shared.litestar_overrides import apply_litestar_overrides
 from shared.openapi import StrictStructSchemaPlugin, allow_every_method, document_operations, openapi_config
 from shared.pagination import provide_page_request
-from shared.request_telemetry import RequestTelemetry
+from shared.request_telemetry import RequestTelemetry, access_log
 from shared.settings import SettingsError, variable_name
 from shared.strict_json import refuse_loose_json
-from shared.telemetry import configure_logging, configure_tracing
+from shared.telemetry import JsonInfoLines, configure_logging, configure_tracing, logs_json_info
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -254,7 +254,12 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     # Around everything Litestar does, routing included: a request no route matches is recorded too.
     # Litestar has no setting for an outermost wrapper (its OpenTelemetry plugin is placed here by a
     # special case of its own): the app's handler is wrapped once it is built.
+    json_info = logs_json_info(level=settings.log_level, json=settings.log_json)
     app.asgi_handler = RequestTelemetry(
-        app.asgi_handler, service=app_config.name, exclude=_UNAUTHENTICATED_PATHS, access_log=settings.access_log
+        app.asgi_handler,
+        service=app_config.name,
+        exclude=_UNAUTHENTICATED_PATHS,
+        access_log=settings.access_log,
+        access_logger=JsonInfoLines(fallback=access_log) if json_info else None,
     )
     return app

@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ("UNMATCHED_ROUTE", "HttpMetrics", "RequestTelemetry")
+__all__ = ("UNMATCHED_ROUTE", "HttpMetrics", "RequestTelemetry", "access_log")
 
 access_log = structlog.get_logger("access")
 
@@ -92,12 +92,15 @@ class RequestTelemetry:
         service: str,
         exclude: tuple[str, ...] = (),
         access_log: bool = True,
+        access_logger: Any = None,
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.app = app
         self.service = service
         self.exclude = exclude
         self.access_log = access_log
+        self.access_logger = access_logger
+        """What writes the lines (anything with structlog's ``info``); by default the ``access`` logger."""
         self.tracer = trace.get_tracer("shared.request_telemetry", tracer_provider=tracer_provider)
         self.metrics = HttpMetrics.of(service)
         self._series: dict[tuple[str, str, int], _Series] = {}
@@ -185,12 +188,12 @@ class RequestTelemetry:
         if series.errors is not None:
             series.errors.inc()
 
-    @staticmethod
-    def _log(scope: Scope, method: str, route: str | None, status: int, duration: float) -> None:
+    def _log(self, scope: Scope, method: str, route: str | None, status: int, duration: float) -> None:
+        logger = self.access_logger or access_log
         duration_ms = round(duration * 1000, 1)
         user_id = getattr(scope.get("user"), "id", None)
         if route is not None:
-            access_log.info(
+            logger.info(
                 f"{method} {route} {status} {duration_ms}ms",
                 method=method,
                 route=route,
@@ -201,7 +204,7 @@ class RequestTelemetry:
             return
         # No route matched: the path is the client's own text, escaped so a newline cannot forge a line.
         path = scope["path"][:200].encode("unicode_escape").decode("ascii")
-        access_log.info(
+        logger.info(
             f"{method} {path} {status} {duration_ms}ms",
             method=method,
             route=None,

@@ -10,12 +10,13 @@ warning on stderr each time. ``OTEL_TRACES_EXPORTER=otlp`` alone still sends to 
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 import structlog
@@ -41,11 +42,13 @@ __all__ = (
     "DEFAULT_OTLP_ENDPOINT",
     "EVENT_OUTCOME_ATTRIBUTE",
     "EventLogProcessor",
+    "JsonInfoLines",
     "TracingPlan",
     "add_trace_ids",
     "build_tracer_provider",
     "configure_logging",
     "configure_tracing",
+    "logs_json_info",
     "tracing_plan",
 )
 
@@ -335,6 +338,37 @@ def _json_line(event: EventDict, **_options: Any) -> str:
     A value JSON has no type for is written as its ``repr``, as structlog's own renderer does.
     """
     return _line_encoder.encode(event).decode()
+
+
+class JsonInfoLines:
+    """INFO lines exactly as ``configure_logging(json=True)`` renders them, without structlog's chain.
+
+    For a line written on every request (the access log): structlog's bound logger, its five
+    processors and its renderer were a tenth of a cached read's CPU. The same keys in the same
+    order (the fields, ``event``, ``level``, ``timestamp``, the trace ids), the same encoder, and
+    the same output under structlog's lock for that file, so lines from both never interleave. While
+    any structlog context variable is bound it hands the line to ``fallback``, which merges them.
+    Only for a process whose logging is JSON at INFO or below (``logs_json_info``).
+    """
+
+    def __init__(self, fallback: Any, file: TextIO | None = None) -> None:
+        self.fallback = fallback
+        self._output = structlog.PrintLogger(sys.stderr if file is None else file)  # where configure_logging writes
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Write one line: ``event`` and ``fields`` as structlog's ``info`` would."""
+        if structlog.contextvars.get_contextvars():
+            self.fallback.info(event, **fields)
+            return
+        fields["event"] = event
+        fields["level"] = "info"
+        fields["timestamp"] = datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+        self._output.msg(_json_line(add_trace_ids(None, "info", fields)))
+
+
+def logs_json_info(*, level: str, json: bool) -> bool:
+    """Whether ``configure_logging`` with these settings writes INFO lines as JSON (so ``JsonInfoLines`` may)."""
+    return json and logging.getLevelName(level.upper()) <= logging.INFO
 
 
 def configure_logging(*, level: str = "INFO", json: bool = True) -> None:
