@@ -21,6 +21,8 @@ async def test_admin_creates_updates_restocks_and_deactivates_products(
     assert (answer(updated)["price"], answer(updated)["name"]) == (1500, "Big mug")
     restocked = await client.post(f"/products/{product_id}/restock", json={"quantity": 7}, headers=tokens.admin())
     assert answer(restocked)["stock"] == 10
+    # the locked row it answers with is the product as the catalog shows it, field for field
+    assert answer(restocked) == answer(await client.get(f"/products/{product_id}", headers=tokens.admin()))
     deactivated = await client.post(f"/products/{product_id}/deactivate", headers=tokens.admin())
     assert deactivated.status_code == 200
     assert deactivated.json()["is_active"] is False

@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 
     from orders.schemas import OrderItem, OrderStatus, PlaceOrder, ProductCreate, ProductUpdate
     from orders.settings import OrdersSettings
-    from orders.stock import ProductRow
     from shared.auth import Principal
     from shared.events.outbox import Outbox
     from shared.pagination import PageRequest
@@ -231,7 +230,7 @@ class CatalogService:
             if not locked.rows:
                 raise NotFound("No such product.")
             if not values:
-                return ProductOut(**locked.rows[0]._asdict())
+                return locked.rows[0]
             row = (
                 await self.session.execute(
                     update(PRODUCTS)
@@ -253,8 +252,8 @@ class CatalogService:
             locked = await lock_stock(self.session, [product_id])
             if not locked.rows:
                 raise NotFound("No such product.")
-            (row,) = await locked.change({product_id: quantity})
-        return ProductOut(**row._asdict())
+            (changed,) = await locked.change({product_id: quantity})
+        return changed
 
     async def get(self, product_id: uuid.UUID, *, include_inactive: bool) -> ProductOut:
         """One product; an inactive one exists only for administrators.
@@ -647,7 +646,7 @@ def _quantities(items: Sequence[OrderItem]) -> dict[uuid.UUID, int]:
     return quantities
 
 
-def _on_sale(locked: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) -> list[ProductRow]:
+def _on_sale(locked: Sequence[ProductOut], quantities: Mapping[uuid.UUID, int]) -> list[ProductOut]:
     """The ordered products that exist and are on sale, in id order.
 
     Raises:
@@ -660,7 +659,7 @@ def _on_sale(locked: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) 
     return products
 
 
-def _one_currency(products: Sequence[ProductRow]) -> str:
+def _one_currency(products: Sequence[ProductOut]) -> str:
     """The order's currency: every product's.
 
     Raises:
@@ -672,14 +671,14 @@ def _one_currency(products: Sequence[ProductRow]) -> str:
     return str(currencies.pop())
 
 
-def _require_stock(products: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) -> None:
+def _require_stock(products: Sequence[ProductOut], quantities: Mapping[uuid.UUID, int]) -> None:
     """Raises Conflict naming every product with less stock than ordered (nothing is reserved then)."""
     short = [f"{p.sku} (wanted {quantities[p.id]}, in stock {p.stock})" for p in products if p.stock < quantities[p.id]]
     if short:
         raise Conflict(f"Not enough stock for: {'; '.join(short)}.")
 
 
-def _price(products: Sequence[ProductRow], quantities: Mapping[uuid.UUID, int]) -> list[PricedLine]:
+def _price(products: Sequence[ProductOut], quantities: Mapping[uuid.UUID, int]) -> list[PricedLine]:
     """One line per product at its catalog price now (a later price change never alters the order)."""
     return [
         PricedLine(product_id=p.id, sku=p.sku, name=p.name, unit_price=p.price, quantity=quantities[p.id])

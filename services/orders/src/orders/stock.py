@@ -24,12 +24,13 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections import Counter
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from orders.models import LINES, PRODUCTS, SCHEMA
+from orders.schemas import ProductOut
 from shared.db import begun_driver_connection
 
 if TYPE_CHECKING:
@@ -37,22 +38,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ("PRODUCT_COLUMNS", "LockedStock", "ProductRow", "lock_stock", "return_stock")
-
-
-class ProductRow(NamedTuple):
-    """A locked product row: every column of :data:`PRODUCT_COLUMNS`, in that order."""
-
-    id: uuid.UUID
-    sku: str
-    name: str
-    description: str
-    price: int
-    currency: str
-    stock: int
-    is_active: bool
-    created_at: datetime.datetime
-    updated_at: datetime.datetime
+__all__ = ("PRODUCT_COLUMNS", "LockedStock", "lock_stock", "return_stock")
 
 
 PRODUCT_COLUMNS = (
@@ -100,13 +86,13 @@ _LINES_PER_PRODUCT = (
 class LockedStock:
     """Product rows locked in id order by :func:`lock_stock`; the only way to change their stock."""
 
-    def __init__(self, session: AsyncSession, rows: Sequence[ProductRow]) -> None:
+    def __init__(self, session: AsyncSession, rows: Sequence[ProductOut]) -> None:
         self._session = session
         self.rows = rows
         """The locked products (every column of :data:`PRODUCT_COLUMNS`), in id order."""
         self._ids = frozenset(row.id for row in rows)
 
-    async def change(self, deltas: Mapping[uuid.UUID, int]) -> Sequence[ProductRow]:
+    async def change(self, deltas: Mapping[uuid.UUID, int]) -> Sequence[ProductOut]:
         """Add ``deltas[product]`` (negative: take) to each product's stock, in one statement.
 
         The ``stock >= 0`` check constraint still stands behind the caller's own check.
@@ -166,8 +152,9 @@ async def return_stock(session: AsyncSession, order_ids: Collection[uuid.UUID]) 
     await locked.change(quantities)
 
 
-def _product_rows(rows: Iterable[Sequence[Any]]) -> list[ProductRow]:
-    return [ProductRow(*row) for row in rows]
+def _product_rows(rows: Iterable[Sequence[Any]]) -> list[ProductOut]:
+    # PRODUCT_COLUMNS are ProductOut's fields in order: a locked row is the product as the catalog shows it
+    return [ProductOut(*row) for row in rows]
 
 
 def _now() -> datetime.datetime:
