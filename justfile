@@ -65,6 +65,7 @@ bench *args:
     python -m bench.order_reads
     python -m bench.email
     python -m bench.input_boundary
+    python -m bench.framework_floor
     python -m bench.http
 
 # format and fix what ruff can

@@ -2,7 +2,8 @@
 
 For the same rows of a real Postgres, the FastAPI + ORM peer and the asyncpg ceiling must give the
 same JSON as the orders API for a product and an order, and place an order the same way (same
-lines, prices, total; stock taken), or the benchmark's ratios would compare different work.
+lines, prices, total; stock taken), or the benchmark's ratios would compare different work; so must
+bench/framework_floor.py's plain Litestar app for a product.
 No timing here: the speeds are bench/http.py's to print.
 """
 
@@ -13,6 +14,7 @@ import datetime
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import insert, select
@@ -191,3 +193,26 @@ async def test_peer_and_ceiling_answer_the_projects_json_for_the_same_rows(
     # each of the three placed one order of 3 + 1 units (the replay took nothing)
     assert await stock(orders_url, product_ids[0]) == 100 - 3 * 3
     assert await stock(orders_url, product_ids[1]) == 100 - 3 * 1
+
+
+async def test_the_plain_litestar_app_of_the_framework_floor_answers_the_projects_json(
+    orders_url: str, access_token_signer: AccessTokenSigner
+) -> None:
+    from bench.framework_floor import plain_litestar
+
+    product_id, _, _ = await seed(orders_url, uuid.uuid4())
+    settings = OrdersSettings(database_url=orders_url, jwt_public_keys=access_token_signer.public_key_pem())
+    pool = await asyncpg.create_pool(orders_url.replace("postgresql+asyncpg", "postgresql"), min_size=1, max_size=2)
+    plain = plain_litestar(pool)
+    try:
+        async with (
+            serve_app(create_app(settings)) as project,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=plain),  # type: ignore[arg-type]  # Litestar's precise ASGI types vs httpx's loose ones
+                base_url="http://plain",
+            ) as floor,
+        ):
+            answers = [body(await client.get(f"/products/{product_id}"), 200) for client in (project, floor)]
+    finally:
+        await pool.close()
+    assert answers[0] == answers[1]
