@@ -10,10 +10,10 @@ is the app's own CPU per request) three ways, on the same Postgres and row:
   What the framework itself costs: the floor under any Litestar service.
 * **bare**: ``bench/ceiling.py``'s app, the ceiling of ``bench/http.py``: no framework at all.
 
-Alternating rounds, medians of the process's CPU µs per request. ``bench/http.py`` measures the
-same read from outside (granian, k6); this one shows how much of its distance to the ceiling is
-the framework's and how much the project's own layers (authentication, input boundary, telemetry,
-the request's database session).
+Alternating rounds, medians of the process's CPU µs per request, on uvloop as under granian.
+``bench/http.py`` measures the same read from outside (granian, k6); this one shows how much of
+its distance to the ceiling is the framework's and how much the project's own layers
+(authentication, input boundary, telemetry, the request's database session).
 
 Run: ``uv run python -m bench.framework_floor [--requests N] [--rounds K]``.
 """
@@ -29,6 +29,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import uvloop
 from litestar import Litestar, get
 from litestar.params import FromPath  # noqa: TC002 - Litestar reads the handler's annotations at run time
 
@@ -174,6 +175,7 @@ def main() -> None:
 
         database_url = prepare_service_database(servers.postgres, DATABASE)
         stderr, sys.stderr = sys.stderr, discarded  # the access lines, as a container's log pipe takes them
+        uvloop.install()  # granian's loop, and the ceiling's, when uvloop is installed (it is in the images)
         try:
             run(benchmark(database_url, requests=args.requests, rounds=args.rounds))
         finally:
