@@ -17,14 +17,14 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Integer, bindparam, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from devtools.testing import prepare_service_database
 from orders.app import DATABASE
 from orders.models import KnownUser
-from shared.db import begun_driver_connection, driver_connection, is_database_unavailable, unit_of_work
+from shared.db import DriverStatement, begun_driver_connection, driver_connection, is_database_unavailable, unit_of_work
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -147,3 +147,16 @@ async def test_pending_orm_changes_are_flushed_before_a_statement_on_the_begun_c
         assert driver is not None
         assert await driver.fetchval("SELECT is_active FROM orders.known_user WHERE user_id = $1", user_id)
         await session.rollback()  # nothing of it stays
+
+
+async def test_a_driver_statement_is_its_sqlalchemy_statement_on_the_begun_connection(engine: AsyncEngine) -> None:
+    statement = select(literal("fixed").label("fixed"), bindparam("n", type_=Integer) + 1)
+    on_driver = DriverStatement(statement)
+    async with AsyncSession(engine) as session, session.begin():
+        through_session = (await session.execute(statement, {"n": 41})).one()
+        driver = await begun_driver_connection(session)
+        assert driver is not None
+        through_driver = await driver.fetchrow(on_driver.sql, *on_driver.arguments({"n": 41}))
+    assert tuple(through_driver) == tuple(through_session) == ("fixed", 42)
+    with pytest.raises(KeyError):  # a parameter left out is refused, not sent as NULL
+        on_driver.arguments({})

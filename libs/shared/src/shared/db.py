@@ -18,24 +18,28 @@ import asyncpg.exceptions
 import sqlalchemy.exc
 from advanced_alchemy.base import create_registry
 from sqlalchemy import MetaData, pool, text
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import registry as orm_registry
 from sqlalchemy.util import greenlet_spawn
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Mapping
 
     from alembic.config import Config as AlembicConfig
     from litestar.types import Message, Scope
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.sql import ClauseElement
+    from sqlalchemy.sql.compiler import SQLCompiler
     from sqlalchemy.sql.elements import TextClause
 
 __all__ = (
     "NAMING_CONVENTION",
     "POOL_RECYCLE_SECONDS",
     "TRANSIENT_SQLSTATES",
+    "DriverStatement",
     "begun_driver_connection",
     "contains_pattern",
     "database_failure_reason",
@@ -173,6 +177,30 @@ async def _session_driver_connection(session: AsyncSession) -> AsyncIterator[asy
     finally:
         if began:
             await session.rollback()  # closes SQLAlchemy's transaction; nothing began in Postgres
+
+
+_ASYNCPG_DIALECT: Final = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's dialects are untyped
+
+
+class DriverStatement:
+    """A SQLAlchemy statement compiled once for asyncpg, to send on ``begun_driver_connection``.
+
+    A write path whose statement may be its transaction's first sends it through the session
+    (which sends BEGIN) and otherwise straight to the driver: one definition serves both, so the
+    two can never say different things.
+    """
+
+    def __init__(self, statement: ClauseElement) -> None:
+        compiled = cast("SQLCompiler", statement.compile(dialect=_ASYNCPG_DIALECT))
+        self.sql = str(compiled)
+        self._names = tuple(compiled.positiontup or ())
+        # values the statement carries itself (literals); any other must be given, or KeyError
+        self._bound = {name: value for name, value in compiled.params.items() if value is not None}
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        """The positional arguments for ``values`` given by parameter name, as the driver takes them."""
+        bound = self._bound | dict(values)
+        return [bound[name] for name in self._names]
 
 
 _BEGUN_DRIVER_CONNECTION: Final = "shared.db.begun_driver_connection"

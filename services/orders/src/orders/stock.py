@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from orders.models import LINES, PRODUCTS, SCHEMA
 from orders.schemas import ProductOut
-from shared.db import begun_driver_connection
+from shared.db import DriverStatement, begun_driver_connection
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -61,13 +61,13 @@ _LOCK = (
     .order_by(PRODUCTS.c.id)
     .with_for_update()
 )
-# The same lock, and the stock change, as SQL for the transaction's asyncpg connection (shared.db's
-# begun_driver_connection): a placement sends both on every request, and SQLAlchemy's statement
-# and result machinery cost more CPU than the round trip itself. The change is one UPDATE for every
-# product: the rows are already locked in this transaction, so the order in which it visits them
-# no longer matters.
-_COLUMN_NAMES = ", ".join(column.name for column in PRODUCT_COLUMNS)
-_LOCK_SQL = f"SELECT {_COLUMN_NAMES} FROM {SCHEMA}.{PRODUCTS.name} WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
+# The lock as SQL for the transaction's asyncpg connection when it is not the transaction's first
+# statement, and the stock change, always sent there (the rows are locked: the transaction has
+# begun): a placement sends both on every request, and SQLAlchemy's statement and result
+# machinery cost more CPU than the round trip itself. The change is one UPDATE for every product:
+# the rows are already locked in this transaction, so the order in which it visits them no longer
+# matters.
+_LOCK_ON_DRIVER = DriverStatement(_LOCK)
 _CHANGE_SQL = (
     f"UPDATE {SCHEMA}.{PRODUCTS.name} SET stock = {PRODUCTS.name}.stock + change.delta, updated_at = $3"
     " FROM unnest($1::uuid[], $2::bigint[]) AS change (product_id, delta)"
@@ -136,7 +136,7 @@ async def lock_stock(session: AsyncSession, product_ids: Collection[uuid.UUID]) 
     if driver is None:
         rows = _product_rows(await session.execute(_LOCK, {"ids": ids}))
     else:
-        rows = _product_rows(await driver.fetch(_LOCK_SQL, ids))
+        rows = _product_rows(await driver.fetch(_LOCK_ON_DRIVER.sql, *_LOCK_ON_DRIVER.arguments({"ids": ids})))
     session.info[_HIGHEST_LOCKED] = (session.sync_session.get_transaction(), ids[-1])
     return LockedStock(session, rows)
 

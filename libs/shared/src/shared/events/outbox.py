@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.engine import make_url
 
-from shared.db import begun_driver_connection
+from shared.db import DriverStatement, begun_driver_connection
 from shared.events.contracts import encode_event, new_envelope
 from shared.events.metrics import (
     OUTBOX_BACKLOG,
@@ -81,10 +81,7 @@ class Outbox:
         )
         # The same statement for the transaction's asyncpg connection, once it has begun in Postgres
         # (a write path adds its event after its own statements): no statement machinery per event.
-        self._insert_sql = (
-            f"INSERT INTO {outbox.schema}.{outbox.name} (id, subject, body, headers)"
-            " VALUES ($1, $2, $3, $4::jsonb) RETURNING pg_notify($5, '')"
-        )
+        self._insert_on_driver = DriverStatement(self._insert)
 
     async def add(self, session: AsyncSession, payload: EventPayload, *, sequence: int) -> Envelope:
         """Add ``payload`` as an event of the current transaction; it leaves only if that commits.
@@ -100,21 +97,13 @@ class Outbox:
         envelope = new_envelope(payload, source=self.source, sequence=sequence)
         headers: dict[str, str] = {}
         propagate.inject(headers)
-        body = encode_event(envelope)
+        row = {"id": uuid.UUID(envelope.id), "subject": envelope.type, "body": encode_event(envelope)}
         driver = await begun_driver_connection(session)
         if driver is None:  # the transaction's first statement: the session sends its BEGIN
-            await session.execute(
-                self._insert, {"id": envelope.id, "subject": envelope.type, "body": body, "headers": headers}
-            )
-        else:
-            await driver.execute(
-                self._insert_sql,
-                uuid.UUID(envelope.id),
-                envelope.type,
-                body,
-                _headers_json.encode(headers).decode(),
-                self.tables.notify_channel,
-            )
+            await session.execute(self._insert, row | {"headers": headers})
+        else:  # the driver takes JSON as text, as SQLAlchemy hands it over
+            arguments = self._insert_on_driver.arguments(row | {"headers": _headers_json.encode(headers).decode()})
+            await driver.execute(self._insert_on_driver.sql, *arguments)
         return envelope
 
 
