@@ -46,11 +46,14 @@ def create_app(
     Args:
         settings: By default, from ``USERS_*`` variables.
         null_pool: A new database connection per session (tests that run the app on another loop).
-        hasher: The password hasher; by default one with the configured argon2 costs.
+        hasher: The password hasher; by default one with the configured argon2 costs, closed with the app.
     """
     settings = settings or load_users_settings()
     signer = create_signer(settings)
-    hasher = hasher or PasswordHasher.from_settings(settings)
+    on_shutdown = []
+    if hasher is None:
+        hasher = PasswordHasher.from_settings(settings)
+        on_shutdown.append(hasher.close)
 
     def provide_users(db_session: NamedDependency[AsyncSession]) -> UserService:
         return UserService(session=db_session, settings=settings, hasher=hasher, outbox=OUTBOX)
@@ -82,5 +85,6 @@ def create_app(
                 User.id, User.tokens_valid_after, poll_seconds=settings.token_revocation_poll_seconds
             ),
             token_url="/auth/token",  # noqa: S106 - an endpoint path, not a password
+            on_shutdown=on_shutdown,
         )
     )

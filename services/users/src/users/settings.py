@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from msgspec import Meta
+
 from shared.events.topology import SERVICE_NAMES
 from shared.settings import ServiceSettings, load_settings
 
@@ -34,6 +38,9 @@ class UsersSettings(ServiceSettings, kw_only=True, frozen=True):
     """argon2 time cost (iterations)."""
     password_hash_memory_kib: int = 65536
     """argon2 memory cost in KiB."""
+    password_hash_concurrency: Annotated[int, Meta(ge=0, le=256)] = 0
+    """How many hashes run at once; each holds ``password_hash_memory_kib`` while it runs, the rest
+    wait their turn. 0: one per CPU the process can keep busy (its affinity, its cgroup's CPU limit)."""
 
 
 def load_users_settings() -> UsersSettings:
