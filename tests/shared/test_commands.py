@@ -341,7 +341,17 @@ def test_api_refuses_keys_it_cannot_use_on_one_line(tmp_path: Path) -> None:
         assert not problems, (service, problems)
 
 
-SERVING_ONLY_IN_THE_WORKER = ("litestar", "sqlalchemy", "advanced_alchemy", "cryptography", "opentelemetry", "granian")
+SERVING_ONLY_IN_THE_WORKER = (
+    "litestar",
+    "sqlalchemy",
+    "advanced_alchemy",
+    "cryptography",
+    "opentelemetry",
+    "nats",
+    "structlog",
+    "rich",
+    "granian",
+)
 """Packages the app needs and granian's main process does not: they cost memory in every API pod.
 
 (``granian`` is here to prove the probe sees what is imported: it must be the only one held.)"""
