@@ -11,7 +11,8 @@ is the app's own CPU per request) three ways, on the same Postgres and row:
 * **bare**: ``bench/ceiling.py``'s app, the ceiling of ``bench/http.py``: no framework at all.
 
 Alternating rounds, medians of the process's CPU µs per request, on uvloop as under granian.
-``bench/http.py`` measures the same read from outside (granian, k6); this one shows how much of
+``bench/http.py`` measures the same read from outside (granian, k6), this plain app among its servers;
+this one shows how much of
 its distance to the ceiling is the framework's and how much the project's own layers
 (authentication, input boundary, telemetry, the request's database session).
 
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import uvloop
 from litestar import Litestar, get
+from litestar.exceptions import NotFoundException
 from litestar.params import FromPath  # noqa: TC002 - Litestar reads the handler's annotations at run time
 
 from devtools.testing import prepare_service_database
@@ -80,16 +82,34 @@ async def call(app: App, path: str) -> tuple[int, bytes]:
     return sent[0]["status"], b"".join(message.get("body", b"") for message in sent[1:])
 
 
-def plain_litestar(pool: asyncpg.Pool) -> Litestar:
-    """The same read as one plain Litestar route: the framework's own share of a request."""
+def plain_litestar(pool: asyncpg.Pool | None = None) -> Litestar:
+    """The same read as one plain Litestar route: the framework's own share of a request.
+
+    Without ``pool`` the app opens its own at start-up, from ``BENCH_ORDERS_DATABASE_URL`` and of the
+    ceiling's size: ``bench/http.py`` serves it with granian as the factory of its "plain Litestar".
+    """
+    pools = [] if pool is None else [pool]
+
+    async def open_pool() -> None:
+        if not pools:
+            from .ceiling import POOL_SIZE
+
+            dsn = os.environ["BENCH_ORDERS_DATABASE_URL"].replace("postgresql+asyncpg", "postgresql")
+            pools.append(await asyncpg.create_pool(dsn, min_size=1, max_size=POOL_SIZE))
+
+    async def close_pool() -> None:
+        if pool is None and pools:
+            await pools.pop().close()
 
     @get("/products/{product_id:uuid}")
     async def show_product(product_id: FromPath[uuid.UUID]) -> ProductOut:
-        async with pool.acquire() as connection:
+        async with pools[0].acquire() as connection:
             row = await connection.fetchrow(PRODUCT_BY_ID_SQL, product_id)
+        if row is None:
+            raise NotFoundException
         return ProductOut(**row)
 
-    return Litestar([show_product], logging_config=None)
+    return Litestar([show_product], on_startup=[open_pool], on_shutdown=[close_pool], logging_config=None)
 
 
 async def measure(app: App, path: str, requests: int) -> float:

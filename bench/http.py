@@ -18,6 +18,10 @@ What runs, all on one freshly made stack under a temporary folder:
   PyJWT, on uvicorn (uvloop, httptools: FastAPI's standard install), as the guides teach.
 * **ceiling** (``bench/ceiling.py``): a bare ASGI app with raw asyncpg on granian with the project's
   settings.
+* **plain Litestar** (``bench/framework_floor.py``), for ``GET /products/{id}`` only: one Litestar
+  route doing the ceiling's read on an asyncpg pool, on granian. No middleware, telemetry,
+  authentication or per-request session: the floor under any Litestar service, measured beside
+  the targets it bounds.
 
 All three read and write the same tables of the same Postgres with the same rows: the data is made
 through the project's own API with its workers running (a user registers, signs in, places orders;
@@ -117,6 +121,9 @@ ENDPOINTS = (
     Endpoint("POST /auth/login", "users", "report", duration_scale=1.5, grace_seconds=40.0),
 )
 TARGETS = {"read": (0.6, 3.0), "write": (0.5, 2.0)}  # (x ceiling, x peer), issue 15
+PLAIN_LITESTAR = "plain Litestar"
+"""``bench/framework_floor.py``'s one-route app on granian: the floor under any Litestar service."""
+PLAIN_LITESTAR_SERVES = "GET /products/{id}"
 RSS_TARGET_MIB = 150.0
 
 
@@ -127,6 +134,10 @@ class Server:
     name: str
     base: dict[str, str]  # per service (the peer and the ceiling serve every endpoint on one port)
     pids: dict[str, int]  # per service: the process group leader
+    endpoints: frozenset[str] | None = None  # the ones it serves, if not all
+
+    def serves(self, endpoint: Endpoint) -> bool:
+        return self.endpoints is None or endpoint.name in self.endpoints
 
     def processes(self, service: str) -> set[int]:
         return stack_servers.process_group_members(self.pids[service])
@@ -205,17 +216,25 @@ class Cores:
         return self.server != self.load
 
 
-def wait_http(url: str, timeout: float = 90.0, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Until ``url`` answers 200."""
+def wait_http(
+    url: str, timeout: float = 90.0, process: subprocess.Popen[bytes] | None = None, status: int = 200
+) -> None:
+    """Until ``url`` answers ``status``."""
     deadline = time.monotonic() + timeout
     while True:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{url}: the server exited with {process.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
-            if response.status == 200:  # noqa: PLR2004
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+                if response.status == status:
+                    return
+        except urllib.error.HTTPError as error:
+            if error.code == status:
                 return
+        except OSError:
+            pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer 200 in {timeout:.0f}s")
+            raise TimeoutError(f"{url} did not answer {status} in {timeout:.0f}s")
         time.sleep(0.2)
 
 
@@ -275,7 +294,7 @@ class Bench:
         ports = port_plan(args.port_base)
         names = stack_supervisor.StackPorts().named()
         self.ports = stack_supervisor.StackPorts(**{name: next(ports) for name in names})
-        self.extra_ports = {name: next(ports) for name in ("peer", "ceiling")}
+        self.extra_ports = {name: next(ports) for name in ("peer", "ceiling", PLAIN_LITESTAR)}
         self.untraced_ports = {service: (next(ports), next(ports)) for service in SERVICES}
         # As in a container: the prod overlay's sampler, and logs as JSON lines (just up's are for reading).
         environ = dict(os.environ) | USERS_LIMITS | prod_tracing() | JSON_LOGS
@@ -332,7 +351,7 @@ class Bench:
         return env
 
     def start_baselines(self) -> None:
-        """The peer on uvicorn and the ceiling on granian, one process group each."""
+        """The peer on uvicorn, the ceiling and the plain Litestar app on granian, one process group each."""
         commands = {
             "peer": [
                 sys.executable,
@@ -366,6 +385,22 @@ class Bench:
                 "--no-access-log",
                 "bench.ceiling:app",
             ],
+            PLAIN_LITESTAR: [
+                sys.executable,
+                "-m",
+                "granian",
+                "--interface",
+                "asgi",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.extra_ports[PLAIN_LITESTAR]),
+                "--workers",
+                "1",
+                "--no-access-log",
+                "--factory",
+                "bench.framework_floor:plain_litestar",
+            ],
         }
         env = self.bench_env()
         for name, command in commands.items():
@@ -380,8 +415,15 @@ class Bench:
             )
             self.children.append(process)
             base = f"http://127.0.0.1:{self.extra_ports[name]}"
-            wait_http(f"{base}/ping", process=process)
-            self.servers[name] = Server(name, dict.fromkeys(SERVICES, base), dict.fromkeys(SERVICES, process.pid))
+            if name == PLAIN_LITESTAR:  # one route: a product nobody has is its readiness (the pool answered)
+                wait_http(f"{base}/products/{uuid.UUID(int=0)}", process=process, status=404)
+                endpoints: frozenset[str] | None = frozenset({PLAIN_LITESTAR_SERVES})
+            else:
+                wait_http(f"{base}/ping", process=process)
+                endpoints = None
+            self.servers[name] = Server(
+                name, dict.fromkeys(SERVICES, base), dict.fromkeys(SERVICES, process.pid), endpoints
+            )
 
     def stop_workers(self) -> None:
         """Stop the three workers: no relay, consumer or sweep competes with the APIs from now on."""
@@ -682,9 +724,9 @@ def load_config(endpoint: Endpoint, server: Server, seeded: Seeded, token: str, 
 def measure(bench: Bench, generator: LoadGenerator, seeded: Seeded) -> dict[str, dict[str, Row]]:
     """Every endpoint: warm each server up, then alternating rounds."""
     args = bench.args
-    names = list(bench.servers)
     results: dict[str, dict[str, Row]] = {}
     for endpoint in ENDPOINTS:
+        names = [name for name, server in bench.servers.items() if server.serves(endpoint)]
         results[endpoint.name] = {name: Row() for name in names}
         duration = max(1.0, args.duration * endpoint.duration_scale)
         # a fresh token per endpoint: access tokens live 15 minutes, a full run takes longer
@@ -758,6 +800,11 @@ def report(bench: Bench, results: dict[str, dict[str, Row]], ping: tuple[Measure
         print("  project, tracing off: the same APIs with OTEL_SDK_DISABLED=true (no-op tracer)")
     print("  peer: FastAPI + pydantic + SQLAlchemy ORM + PyJWT on uvicorn (uvloop)")
     print("  ceiling: bare ASGI + asyncpg on granian (uvloop, granian's default when installed)")
+    if PLAIN_LITESTAR in names:
+        print(
+            f"  {PLAIN_LITESTAR}: one Litestar route doing the ceiling's read on an asyncpg pool, on granian"
+            " (bench/framework_floor.py): no middleware, telemetry, auth or session; only GET /products/{id}"
+        )
     print(f"  data: {PRODUCTS} products, {ORDERS_SEEDED} orders and their notifications of one user, made through")
     print("  the project's API; every server reads and writes the same rows of the same Postgres")
     print("  CPU µs/req: the serving processes' /proc CPU time (main + workers) per request;")
@@ -782,15 +829,14 @@ def report(bench: Bench, results: dict[str, dict[str, Row]], ping: tuple[Measure
     print(header)
     print("  " + "-" * (len(header) - 2))
     for endpoint in ENDPOINTS:
-        for name in names:
-            row = results[endpoint.name][name]
+        for name, row in results[endpoint.name].items():
             print(
                 f"  {endpoint.name:<20} {name:<22} {row.median('rate'):>8.0f} {row.median('p50_ms'):>8.1f}"
                 f" {row.median('p99_ms'):>8.1f} {row.median('cpu_us'):>10.0f} {row.rss_mib:>8.0f}"
                 f" {sum(row.errors.values()):>7}"
             )
     report_ratios(results, projects)
-    report_errors(results, names)
+    report_errors(results)
 
 
 def report_ratios(results: dict[str, dict[str, Row]], projects: list[str]) -> None:
@@ -799,11 +845,15 @@ def report_ratios(results: dict[str, dict[str, Row]], projects: list[str]) -> No
     for endpoint in ENDPOINTS:
         peer_rate = results[endpoint.name]["peer"].median("rate")
         ceiling_rate = results[endpoint.name]["ceiling"].median("rate")
-        for name in projects:
+        for name in [*projects, PLAIN_LITESTAR]:
+            if name not in results[endpoint.name]:
+                continue
             rate = results[endpoint.name][name].median("rate")
             to_peer, to_ceiling = rate / max(peer_rate, 1e-9), rate / max(ceiling_rate, 1e-9)
             line = f"  {endpoint.name:<20} {name:<22} x{to_peer:5.2f} of peer  x{to_ceiling:5.3f} of ceiling"
-            if endpoint.kind in TARGETS:
+            if name == PLAIN_LITESTAR:
+                line += "   (the framework alone, no project layer: the floor under the targets)"
+            elif endpoint.kind in TARGETS:
                 want_ceiling, want_peer = TARGETS[endpoint.kind]
                 line += (
                     f"   target >= x{want_peer:g} peer: {verdict(to_peer, want_peer)},"
@@ -820,12 +870,12 @@ def report_ratios(results: dict[str, dict[str, Row]], projects: list[str]) -> No
         )
 
 
-def report_errors(results: dict[str, dict[str, Row]], names: list[str]) -> None:
+def report_errors(results: dict[str, dict[str, Row]]) -> None:
     errors = {
-        (endpoint.name, name): results[endpoint.name][name].errors
+        (endpoint.name, name): row.errors
         for endpoint in ENDPOINTS
-        for name in names
-        if results[endpoint.name][name].errors
+        for name, row in results[endpoint.name].items()
+        if row.errors
     }
     print()
     if errors:

@@ -195,17 +195,29 @@ async def test_peer_and_ceiling_answer_the_projects_json_for_the_same_rows(
     assert await stock(orders_url, product_ids[1]) == 100 - 3 * 1
 
 
+@pytest.mark.parametrize("pool_from", ["caller", "environment"])
 async def test_the_plain_litestar_app_of_the_framework_floor_answers_the_projects_json(
-    orders_url: str, access_token_signer: AccessTokenSigner
+    orders_url: str,
+    access_token_signer: AccessTokenSigner,
+    private_key_pem: str,
+    monkeypatch: pytest.MonkeyPatch,
+    pool_from: str,
 ) -> None:
+    # "environment": as bench/http.py serves it with granian, the app's own pool from BENCH_* at start-up.
     from bench.framework_floor import plain_litestar
 
     product_id, _, _ = await seed(orders_url, uuid.uuid4())
     settings = OrdersSettings(database_url=orders_url, jwt_public_keys=access_token_signer.public_key_pem())
     pool = await asyncpg.create_pool(orders_url.replace("postgresql+asyncpg", "postgresql"), min_size=1, max_size=2)
-    plain = plain_litestar(pool)
+    if pool_from == "environment":
+        monkeypatch.setenv("BENCH_ORDERS_DATABASE_URL", orders_url)
+        # bench.ceiling (whose pool size the app takes) reads its keys at import
+        monkeypatch.setenv("BENCH_JWT_PUBLIC_KEY", access_token_signer.public_key_pem())
+        monkeypatch.setenv("BENCH_JWT_PRIVATE_KEY", private_key_pem)
+    plain = plain_litestar(pool if pool_from == "caller" else None)
     try:
         async with (
+            plain.lifespan(),
             serve_app(create_app(settings)) as project,
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=plain),  # type: ignore[arg-type]  # Litestar's precise ASGI types vs httpx's loose ones
@@ -213,6 +225,9 @@ async def test_the_plain_litestar_app_of_the_framework_floor_answers_the_project
             ) as floor,
         ):
             answers = [body(await client.get(f"/products/{product_id}"), 200) for client in (project, floor)]
+            # bench/http.py waits for this 404 before measuring: the app is up and its pool answered
+            unknown = await floor.get(f"/products/{uuid.uuid4()}")
     finally:
         await pool.close()
     assert answers[0] == answers[1]
+    assert unknown.status_code == 404
