@@ -350,6 +350,12 @@ class Bench:
             env[f"BENCH_{service.upper()}_DATABASE_URL"] = self.stack.database_url(service)
         return env
 
+    def granian_command(self, name: str, *target: str) -> list[str]:
+        """granian serving ``target`` (an ASGI app, or ``--factory`` and its factory) on ``name``'s port, one worker."""
+        listen = ["--host", "127.0.0.1", "--port", str(self.extra_ports[name])]
+        serve = ["--interface", "asgi", "--workers", "1", "--no-access-log"]
+        return [sys.executable, "-m", "granian", *serve, *listen, *target]
+
     def start_baselines(self) -> None:
         """The peer on uvicorn, the ceiling and the plain Litestar app on granian, one process group each."""
         commands = {
@@ -370,37 +376,8 @@ class Bench:
                 "--log-level",
                 "warning",
             ],
-            "ceiling": [
-                sys.executable,
-                "-m",
-                "granian",
-                "--interface",
-                "asgi",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.extra_ports["ceiling"]),
-                "--workers",
-                "1",
-                "--no-access-log",
-                "bench.ceiling:app",
-            ],
-            PLAIN_LITESTAR: [
-                sys.executable,
-                "-m",
-                "granian",
-                "--interface",
-                "asgi",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.extra_ports[PLAIN_LITESTAR]),
-                "--workers",
-                "1",
-                "--no-access-log",
-                "--factory",
-                "bench.framework_floor:plain_litestar",
-            ],
+            "ceiling": self.granian_command("ceiling", "bench.ceiling:app"),
+            PLAIN_LITESTAR: self.granian_command(PLAIN_LITESTAR, "--factory", "bench.framework_floor:plain_litestar"),
         }
         env = self.bench_env()
         for name, command in commands.items():
