@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from typing import TYPE_CHECKING
 
+import asyncpg
 import httpx
 import pytest
 
@@ -365,10 +366,16 @@ async def _customer_token(users_url: str) -> str:
 
 
 async def _orders_in_flight_through_ctrl_c(stack: subprocess.Popen[str], data: Path, ports: StackPorts) -> None:
-    """Place 40 orders at once and press Ctrl-C (SIGINT to the group) once the API holds them all."""
+    """Place 40 orders at once and press Ctrl-C (SIGINT to the group) once the API holds them all.
+
+    The product's row is locked from here first, so every placement waits in Postgres for its stock
+    lock: they are surely in flight at the Ctrl-C (a placement takes milliseconds; without the lock,
+    some finished before the last connection was even made). The lock goes right after the Ctrl-C.
+    """
     users_url, orders_url = f"http://127.0.0.1:{ports.users}", f"http://127.0.0.1:{ports.orders}"
     admin = await _admin_token(data, users_url)
     buyer = await _customer_token(users_url)
+    database_url = DevStack(data, ports).database_url("orders").replace("postgresql+asyncpg://", "postgresql://")
     async with httpx.AsyncClient(base_url=orders_url, timeout=60, limits=httpx.Limits(max_connections=100)) as orders:
         product = await orders.post(
             "/products",
@@ -376,6 +383,10 @@ async def _orders_in_flight_through_ctrl_c(stack: subprocess.Popen[str], data: P
             headers={"Authorization": f"Bearer {admin}"},
         )
         assert product.status_code == 201, product.text
+        holder = await asyncpg.connect(database_url)
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT 1 FROM orders.product WHERE id = $1 FOR UPDATE", uuid.UUID(product.json()["id"]))
         finished: list[float] = []
 
         async def place() -> int:
@@ -396,9 +407,15 @@ async def _orders_in_flight_through_ctrl_c(stack: subprocess.Popen[str], data: P
             return len(held & _tcp_sockets(ports.orders, "01")) >= in_flight
 
         # Ctrl-C once the orders API has accepted every connection: all of them are in flight
-        await eventually(all_accepted, within=30, what="the orders API accepting every connection")
-        interrupted = time.monotonic()
-        os.killpg(stack.pid, signal.SIGINT)
+        try:
+            await eventually(all_accepted, within=30, what="the orders API accepting every connection")
+            interrupted = time.monotonic()
+            os.killpg(stack.pid, signal.SIGINT)
+            await asyncio.sleep(0.5)  # the supervisor is stopping the API while every order waits
+            assert not finished, "an order finished while its stock was locked"
+        finally:
+            await lock.rollback()
+            await holder.close()
         codes = await asyncio.gather(*placing, return_exceptions=True)
     assert codes == [201] * in_flight, codes
     assert max(finished) > interrupted, "every order finished before Ctrl-C: nothing was in flight"
