@@ -5,6 +5,11 @@ nothing (one round trip per read) and leaves the session as it found it; inside 
 transaction, or for a session bound to a connection, it reads on that connection and sees what was
 written there; a connection found dead is thrown out of the pool, so the next read gets a live one.
 
+With a ReadPool (the API's, handed over by RequestSessions), a read outside a transaction goes to
+that pool instead: the engine's pool is not touched, a read inside a transaction still runs on the
+transaction's connection, the pool connects as the engine does, and dead connections cost one
+failed read, not one per pooled connection.
+
 begun_driver_connection, for writes: none until the session's transaction has begun in Postgres
 (a statement sent before it would run outside any transaction); after that, the transaction's own
 connection, whose statements commit and roll back with the session's and run after its pending
@@ -13,9 +18,11 @@ ORM changes.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
+import asyncpg
 import pytest
 from sqlalchemy import Integer, bindparam, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -24,7 +31,15 @@ from sqlalchemy.pool import NullPool
 from devtools.testing import prepare_service_database
 from orders.app import DATABASE
 from orders.models import KnownUser
-from shared.db import DriverStatement, begun_driver_connection, driver_connection, is_database_unavailable, unit_of_work
+from shared.db import (
+    DriverStatement,
+    ReadPool,
+    RequestSessions,
+    begun_driver_connection,
+    driver_connection,
+    is_database_unavailable,
+    unit_of_work,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -160,3 +175,112 @@ async def test_a_driver_statement_is_its_sqlalchemy_statement_on_the_begun_conne
     assert tuple(through_driver) == tuple(through_session) == ("fixed", 42)
     with pytest.raises(KeyError):  # a parameter left out is refused, not sent as NULL
         on_driver.arguments({})
+
+
+@pytest.fixture
+async def read_pool(engine: AsyncEngine) -> AsyncIterator[ReadPool]:
+    reads = ReadPool(engine, size=3, application_name="driver-connection-reads")
+    await reads.open()
+    yield reads
+    await reads.close()
+
+
+def _session(engine: AsyncEngine, reads: ReadPool) -> AsyncSession:
+    return RequestSessions(engine, reads).factory()
+
+
+async def test_with_a_read_pool_a_read_outside_a_transaction_leaves_the_engines_pool_alone(
+    engine: AsyncEngine, read_pool: ReadPool
+) -> None:
+    async with _session(engine, read_pool) as session:
+        async with driver_connection(session) as connection:
+            assert await connection.fetchval("SHOW application_name") == "driver-connection-reads"
+            # the same role and database as the engine's connections, from the same URL
+            assert await connection.fetchval("SELECT current_user || '@' || current_database()") == (
+                f"{engine.url.username}@{engine.url.database}"
+            )
+            assert not connection.is_in_transaction()
+        assert not session.in_transaction()
+    assert engine.pool.checkedin() == engine.pool.checkedout() == 0  # type: ignore[attr-defined]  # QueuePool's own counters
+
+
+async def test_with_a_read_pool_a_read_inside_a_transaction_stays_on_the_transactions_connection(
+    engine: AsyncEngine, read_pool: ReadPool
+) -> None:
+    async with _session(engine, read_pool) as session, unit_of_work(session):
+        await session.execute(text("CREATE TEMPORARY TABLE draft (n int) ON COMMIT DROP"))
+        await session.execute(text("INSERT INTO draft VALUES (5)"))
+        async with driver_connection(session) as connection:
+            assert await connection.fetchval("SELECT n FROM draft") == 5
+            assert await connection.fetchval("SHOW application_name") != "driver-connection-reads"
+
+
+async def _fill(engine: AsyncEngine, reads: ReadPool, count: int) -> set[int]:
+    """Hold ``count`` read connections at once, so the pool has made that many; their backends."""
+    started = asyncio.Event()
+
+    async def hold_one() -> int:
+        async with _session(engine, reads) as session, driver_connection(session) as connection:
+            backend: int = await connection.fetchval("SELECT pg_backend_pid()")
+            await started.wait()
+            return backend
+
+    holders = [asyncio.create_task(hold_one()) for _ in range(count)]
+    await asyncio.sleep(0.5)
+    started.set()
+    return set(await asyncio.gather(*holders))
+
+
+async def _read_backend(engine: AsyncEngine, reads: ReadPool) -> int | str:
+    async with _session(engine, reads) as session:
+        try:
+            async with driver_connection(session) as connection:
+                backend: int = await connection.fetchval("SELECT pg_backend_pid()")
+                return backend
+        except Exception as error:  # the driver's class varies: unavailability is what counts
+            if not is_database_unavailable(error):
+                raise
+            return "unavailable"
+
+
+async def test_dead_read_pool_connections_cost_at_most_one_failed_read(
+    engine: AsyncEngine, read_pool: ReadPool
+) -> None:
+    backends = await _fill(engine, read_pool, 3)
+    assert len(backends) == 3
+    terminator = create_async_engine(engine.url, poolclass=NullPool)
+    async with terminator.connect() as killer:
+        await killer.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": "driver-connection-reads"},
+        )
+    await terminator.dispose()
+
+    outcomes = [await _read_backend(engine, read_pool) for _ in range(6)]
+    # asyncpg may have seen the connections close already (no failure at all); if not, the first
+    # failure expires the rest: never a second failure, never a dead backend handed out again
+    assert "unavailable" not in outcomes[1:], outcomes
+    assert not backends & set(outcomes), outcomes
+
+
+@pytest.mark.parametrize(
+    ("failure", "replaced"),
+    [
+        (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (asyncpg.exceptions.UniqueViolationError("duplicate key value"), False),
+        (ValueError("the caller's own mistake"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+async def test_a_connection_failure_replaces_every_pooled_read_connection_and_no_other_error_does(
+    engine: AsyncEngine, read_pool: ReadPool, failure: Exception, *, replaced: bool
+) -> None:
+    backends = await _fill(engine, read_pool, 3)
+    with pytest.raises(type(failure)):
+        async with read_pool.connection():
+            raise failure
+    after = await _fill(engine, read_pool, 3)
+    assert len(after) == 3
+    # every connection made before the failure is replaced (they were all alive), or none is
+    assert (not backends & after) if replaced else (after == backends)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from shared.auth import AuthenticationMiddleware, TokenVerifier, load_public_keys, provide_current_user
 from shared.boundary import InputBoundaryMiddleware, security_headers
 from shared.client_address import ClientAddressResolver
-from shared.db import RequestSessions, ServiceDatabase, service_engine
+from shared.db import ReadPool, RequestSessions, ServiceDatabase, service_engine
 from shared.errors import exception_handlers
 from shared.events.connection import connect_nats
 from shared.events.permissions import inbox_prefix
@@ -86,6 +86,9 @@ class ServiceApp:
     """The service's view of revoked accounts' ``tokens_valid_after``: tokens issued earlier get 401."""
     token_url: str = ""
     """Where Swagger UI signs in when the ``token_url`` setting is empty (users: its own ``/auth/token``)."""
+    prebuilt_reads: bool = False
+    """Whether the service reads with ``shared.db.driver_connection`` outside transactions: its API
+    then keeps ``database_read_pool_size`` of its connections in a ``ReadPool`` for them."""
 
 
 def verifier_from_settings(settings: ServiceSettings, audience: str) -> TokenVerifier:
@@ -145,10 +148,25 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
     apply_litestar_overrides()
     configure_logging(level=settings.log_level, json=settings.log_json)
     configure_tracing(app_config.name)
+    # Tests that run the app on another loop (null_pool) keep every read on the engine's connections.
+    read_pool_size = settings.database_read_pool_size if app_config.prebuilt_reads and not app_config.null_pool else 0
+    if read_pool_size and read_pool_size >= settings.database_pool_size:
+        reads_name, pool_name = (
+            variable_name(app_config.name.upper(), field) for field in ("database_read_pool_size", "database_pool_size")
+        )
+        raise SettingsError(
+            f"{reads_name} ({read_pool_size}) must be below {pool_name} ({settings.database_pool_size}):"
+            " the reads' connections are taken from it"
+        )
     engine = service_engine(
-        settings.database_url, pool_size=settings.database_pool_size, null_pool=app_config.null_pool
+        settings.database_url,
+        pool_size=settings.database_pool_size - read_pool_size,
+        null_pool=app_config.null_pool,
     )
-    sessions = RequestSessions(engine)
+    reads = None
+    if read_pool_size:
+        reads = ReadPool(engine, size=read_pool_size, application_name=f"{app_config.name}-api-reads")
+    sessions = RequestSessions(engine, reads)
     verifier = app_config.token_verifier or verifier_from_settings(settings, app_config.name)
     client_addresses = ClientAddressResolver(settings.trusted_proxies, header=settings.forwarded_header)
     runtime: dict[str, Any] = {}
@@ -165,6 +183,8 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                 metrics_server = await start_internal_server(
                     settings.metrics_host, settings.metrics_port, internal_answer
                 )
+            if reads is not None:
+                await reads.open()
             if settings.nats_url:
                 connection = await connect_nats(
                     settings.nats_url,
@@ -186,6 +206,8 @@ def create_service_app(app_config: ServiceApp) -> Litestar:
                 await metrics_server.wait_closed()
             if "nats" in runtime:
                 await runtime.pop("nats").drain()
+            if reads is not None:
+                await reads.close()
             await engine.dispose()
 
     openapi = (

@@ -11,7 +11,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -38,6 +38,11 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     Overflow connections were closed as soon as they went back and made again at the next burst:
     under steady load beyond the pool's size every few requests paid a new connection (TCP, SCRAM
     authentication, the TLS attempt), the largest item of a read's profile after the framework."""
+    database_read_pool_size: Annotated[int, msgspec.Meta(ge=0)] = 4
+    """Of ``database_pool_size``, the connections an API whose service reads prebuilt SQL outside a
+    transaction (``ServiceApp.prebuilt_reads``: orders, notify) keeps for those reads
+    (``shared.db.ReadPool``); the engine gets the rest, so the process still holds at most
+    ``database_pool_size``. 0: those reads take the engine's pool. Below ``database_pool_size``."""
     nats_url: str = ""
     """NATS server URL(s), comma separated; empty means the service runs without NATS."""
     nats_user: str = ""

@@ -65,6 +65,7 @@ def create_app(settings: NotifySettings | None = None, *, null_pool: bool = Fals
             on_startup=[start_live_push],
             on_shutdown=[hub.close],
             null_pool=null_pool,
+            prebuilt_reads=True,  # GET /notifications (shared.db.driver_connection)
             token_revocations=revocations,
         )
     )

@@ -49,5 +49,6 @@ def create_app(settings: OrdersSettings | None = None) -> Litestar:
                 "catalog": Provide(provide_catalog, sync_to_thread=False),
                 "orders": Provide(provide_orders, sync_to_thread=False),
             },
+            prebuilt_reads=True,  # a product, an order (shared.db.driver_connection)
         )
     )
