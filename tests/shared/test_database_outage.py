@@ -12,15 +12,12 @@ import pytest
 import sqlalchemy.exc
 from advanced_alchemy.exceptions import RepositoryError
 
-from devtools.testing import eventually, prepare_service_database, serve_app
-from notify.app import DATABASE as NOTIFY_DATABASE
+from devtools.testing import eventually, serve_app
 from notify.app import create_app as create_notify_app
 from notify.settings import NotifySettings
-from orders.app import DATABASE as ORDERS_DATABASE
 from orders.app import create_app as create_orders_app
 from orders.settings import OrdersSettings
 from shared.db import is_database_unavailable
-from users.app import DATABASE as USERS_DATABASE
 from users.app import create_app as create_users_app
 from users.settings import UsersSettings
 
@@ -62,15 +59,6 @@ ROUTES: dict[str, list[Call]] = {
         ("POST", "/notifications/read-all", None, True),
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def database_urls(postgres_server: PostgresServer) -> dict[str, str]:
-    return {
-        "users": prepare_service_database(postgres_server, USERS_DATABASE),
-        "orders": prepare_service_database(postgres_server, ORDERS_DATABASE),
-        "notify": prepare_service_database(postgres_server, NOTIFY_DATABASE),
-    }
 
 
 async def _call(client: httpx.AsyncClient, call: Call, token: str) -> httpx.Response:

@@ -13,15 +13,12 @@ import asyncpg
 import msgspec
 import pytest
 
-from devtools.testing import prepare_service_database, serve_app
-from notify.app import DATABASE as NOTIFY_DATABASE
+from devtools.testing import serve_app
 from notify.app import create_app as create_notify_app
 from notify.settings import NotifySettings
-from orders.app import DATABASE as ORDERS_DATABASE
 from orders.app import create_app as create_orders_app
 from orders.settings import OrdersSettings
 from shared.settings import SettingsError
-from users.app import DATABASE as USERS_DATABASE
 from users.app import create_app as create_users_app
 from users.settings import UsersSettings
 
@@ -31,7 +28,6 @@ if TYPE_CHECKING:
 
     from litestar import Litestar
 
-    from devtools.stack.servers import PostgresServer
     from shared.auth import AccessTokenSigner
     from shared.settings import ServiceSettings
 
@@ -42,15 +38,6 @@ PREBUILT_READS: dict[str, list[str]] = {
     "orders": [f"/products/{NO_SUCH_ID}", f"/orders/{NO_SUCH_ID}"],
     "notify": ["/notifications"],
 }
-
-
-@pytest.fixture(scope="module")
-def database_urls(postgres_server: PostgresServer) -> dict[str, str]:
-    return {
-        "users": prepare_service_database(postgres_server, USERS_DATABASE),
-        "orders": prepare_service_database(postgres_server, ORDERS_DATABASE),
-        "notify": prepare_service_database(postgres_server, NOTIFY_DATABASE),
-    }
 
 
 def _settings(service: str, url: str, public_key: str, tmp_path: Path) -> ServiceSettings:
