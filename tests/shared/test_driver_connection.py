@@ -217,18 +217,15 @@ async def test_with_a_read_pool_a_read_inside_a_transaction_stays_on_the_transac
 
 async def _fill(engine: AsyncEngine, reads: ReadPool, count: int) -> set[int]:
     """Hold ``count`` read connections at once, so the pool has made that many; their backends."""
-    started = asyncio.Event()
+    all_holding = asyncio.Barrier(count)
 
     async def hold_one() -> int:
         async with _session(engine, reads) as session, driver_connection(session) as connection:
             backend: int = await connection.fetchval("SELECT pg_backend_pid()")
-            await started.wait()
+            await all_holding.wait()  # none gives its connection back before every one has its own
             return backend
 
-    holders = [asyncio.create_task(hold_one()) for _ in range(count)]
-    await asyncio.sleep(0.5)
-    started.set()
-    return set(await asyncio.gather(*holders))
+    return set(await asyncio.gather(*(hold_one() for _ in range(count))))
 
 
 async def _read_backend(engine: AsyncEngine, reads: ReadPool) -> int | str:

@@ -6,6 +6,7 @@ pool's application name)."""
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -54,15 +55,22 @@ def _settings(service: str, url: str, public_key: str, tmp_path: Path) -> Servic
 FACTORIES: dict[str, Callable[[Any], Litestar]] = {"orders": create_orders_app, "notify": create_notify_app}
 
 
-async def _read_pool_connections(url: str, service: str) -> int:
+async def _read_pool_activity(url: str, service: str) -> tuple[int, datetime.datetime | None, datetime.datetime]:
+    """The read pool's connections, when the latest statement on one of them started, and now."""
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", f"{service}-api-reads"
+        row = await connection.fetchrow(
+            "SELECT count(*), max(query_start), clock_timestamp() FROM pg_stat_activity WHERE application_name = $1",
+            f"{service}-api-reads",
         )
     finally:
         await connection.close()
-    return count
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def _read_pool_connections(url: str, service: str) -> int:
+    return (await _read_pool_activity(url, service))[0]
 
 
 @pytest.mark.parametrize("service", sorted(PREBUILT_READS))
@@ -75,9 +83,14 @@ async def test_an_apis_prebuilt_reads_use_its_read_pool_which_closes_with_the_ap
     async with serve_app(FACTORIES[service](settings)) as client:
         assert await _read_pool_connections(url, service) == 0  # none made before a read needs one
         for path in PREBUILT_READS[service]:
+            _, _, before = await _read_pool_activity(url, service)
             response = await client.get(path, headers={"Authorization": f"Bearer {token}"})
             assert response.status_code in {200, 404}, (path, response.text)
-        assert await _read_pool_connections(url, service) >= 1
+            connections, latest, _ = await _read_pool_activity(url, service)
+            # this route's read ran on the pool: a statement started there after the request did
+            assert connections >= 1, path
+            assert latest is not None, path
+            assert latest > before, path
     assert await _read_pool_connections(url, service) == 0  # closed with the app
 
 

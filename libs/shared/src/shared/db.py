@@ -327,7 +327,8 @@ class ReadPool:
 
     A checkout from SQLAlchemy's pool runs in two greenlet switches with its bookkeeping around
     them: about 20 µs of CPU where asyncpg's pool takes 10, and a cached read is 200. The two pools
-    share nothing, so a process holds up to ``size`` more connections (``database_read_pool_size``).
+    share nothing: the API's engine gets ``database_pool_size`` less this pool's ``size``
+    (``database_read_pool_size``), so the process holds no more connections than before.
 
     Connections are made on demand (none at start-up: the API starts while Postgres is down, and
     readiness says so), closed after ``IDLE_SECONDS`` unused (before the idle timeouts of proxies
